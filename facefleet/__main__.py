@@ -1,0 +1,3 @@
+from facefleet.cli import main
+
+main()

@@ -1,0 +1,131 @@
+"""The `facefleet` command: parses options and calls the package. No logic lives here."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from facefleet import __version__
+from facefleet.errors import FacefleetError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    help="Distributed face processing for video on Ray.")
+err = Console(stderr=True)
+
+
+@app.callback()
+def _root() -> None:
+    """facefleet: anonymize faces in videos and images, chunked over Ray workers."""
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+@app.command()
+def run(
+    inputs: list[str] = typer.Argument(..., metavar="INPUT...", help="Video or image files."),
+    output: Optional[str] = typer.Option(
+        None, "-o", "--output", help="Output file (one input) or directory (several). Default: INPUT_anonymized.EXT."
+    ),
+    pipeline: str = typer.Option("anonymize", "--pipeline", help="Pipeline to run."),
+    replacewith: str = typer.Option("blur", "--replacewith", help="blur | solid | mosaic | none."),
+    mask_scale: float = typer.Option(1.3, "--mask-scale", help="Grow each face box by this factor before masking."),
+    thresh: float = typer.Option(0.5, "--thresh", help="Detection score threshold."),
+    boxes: bool = typer.Option(False, "--boxes", help="Mask whole boxes instead of ellipses."),
+    mosaicsize: int = typer.Option(20, "--mosaicsize", help="Mosaic block size in pixels."),
+    detector: str = typer.Option("centerface", "--face-detector-model", help="centerface | yunet."),
+    detect_size: int = typer.Option(640, "--detect-size", help="Longer side of the detector input, pixels."),
+    chunk_frames: int = typer.Option(300, "--chunk-frames", help="Frames per chunk."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Workers (default: one per GPU, else one)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Join this Ray cluster instead of starting one."),
+    providers: str = typer.Option("auto", "--execution-providers", help="auto | cuda | cpu."),
+    batch_size: int = typer.Option(0, "--batch-size", help="Frames per detector call (0: 16 on GPU, 4 on CPU)."),
+    quality: int = typer.Option(65, "--output-video-quality", help="0-100; 65 is x264 CRF 18, 100 is lossless."),
+    preset: str = typer.Option("veryfast", "--output-video-preset", help="x264 preset."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Anonymize faces in videos and images on an embedded or existing Ray cluster."""
+    from facefleet.jobs.spec import JobSpec
+    from facefleet.media.encode import PRESETS, EncodeSettings
+    from facefleet.pipeline.anonymize import AnonymizeOptions
+    from facefleet.pipeline.spec import PipelineSpec
+
+    if preset not in PRESETS:
+        raise FacefleetError(f"--output-video-preset must be one of {', '.join(PRESETS)}")
+    if chunk_frames < 1:
+        raise FacefleetError("--chunk-frames must be at least 1")
+    if workers is not None and workers < 1:
+        raise FacefleetError("--workers must be at least 1")
+    try:
+        spec = PipelineSpec(
+            name=pipeline,
+            detector=detector,
+            detect_size=detect_size,
+            threshold=thresh,
+            anonymize=AnonymizeOptions(replacewith=replacewith, mask_scale=mask_scale, boxes=boxes, mosaic_size=mosaicsize),
+            batch_size=batch_size,
+            provider=providers,
+        )
+        encode = EncodeSettings(quality=quality, preset=preset)
+        encode.crf  # validates the quality range
+    except ValueError as exc:
+        raise FacefleetError(str(exc)) from None
+
+    from facefleet.cluster.pool import WorkerPool, plan_pool
+    from facefleet.cluster.runtime import ray_session
+    from facefleet.jobs.inputs import new_job_id, resolve_outputs
+    from facefleet.jobs.runner import run_jobs
+    from facefleet.report.console import RichProgress, print_summary
+
+    pairs = resolve_outputs(inputs, output)
+    specs = [JobSpec(new_job_id(), i, o, pipeline=spec, encode=encode, chunk_frames=chunk_frames) for i, o in pairs]
+    with ray_session(address) as cluster:
+        plan = plan_pool(cluster, workers)
+        where = "embedded Ray (127.0.0.1)" if cluster.embedded else f"Ray at {address or 'the current session'}"
+        kind = f"{plan.workers} GPU worker(s)" if plan.gpus_per_worker else f"{plan.workers} CPU worker(s)"
+        err.print(f"{where}: {cluster.nodes} node(s), {cluster.cpus} CPUs, {cluster.gpus} GPUs; {kind}", highlight=False)
+        pool = WorkerPool(plan, spec)
+        try:
+            with RichProgress(err, enabled=not quiet) as progress:
+                outcomes = run_jobs(specs, pool, progress)
+        finally:
+            pool.shutdown()
+    print_summary(outcomes)
+    if not all(o.ok for o in outcomes):
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except FacefleetError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

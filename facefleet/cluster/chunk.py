@@ -1,0 +1,209 @@
+"""One chunk, start to finish, inside a worker: decode -> stages -> encode, overlapped.
+
+Decoding and encoding run in their own threads joined by bounded queues, so the
+processor (the GPU stages) is not left waiting while a frame is decoded or encoded.
+Nothing here knows about Ray.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from facefleet.errors import FacefleetError, InputError
+from facefleet.jobs.spec import ChunkResult, ChunkTask
+from facefleet.media.decode import decode_range
+from facefleet.media.encode import SegmentWriter
+from facefleet.media.files import atomic_output
+from facefleet.media.image import read_image, write_image
+from facefleet.pipeline.processor import Processor
+
+_END = object()
+QUEUE_TIMEOUT_S = 0.2
+
+
+def upright(image: np.ndarray, rotation: int) -> np.ndarray:
+    """The frame as it is displayed, given its display rotation (degrees counter-clockwise)."""
+    turns = (rotation // 90) % 4
+    return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
+
+
+def stored(image: np.ndarray, rotation: int) -> np.ndarray:
+    """Inverse of `upright`: back to the orientation the stream stores."""
+    turns = (rotation // 90) % 4
+    return np.ascontiguousarray(np.rot90(image, -turns)) if turns else image
+
+
+class _Stage(threading.Thread):
+    """A thread feeding or draining a queue; remembers the error that stopped it."""
+
+    def __init__(self, name: str, target: Callable[[], None], cancelled: threading.Event):
+        super().__init__(name=name, daemon=True)
+        self._target_fn = target
+        self.cancelled = cancelled
+        self.error: BaseException | None = None
+        self.seconds = 0.0
+
+    def run(self) -> None:
+        try:
+            self._target_fn()
+        except BaseException as exc:  # handed to the chunk's caller
+            self.error = exc
+            self.cancelled.set()
+
+
+def _put(q: queue.Queue, item, cancelled: threading.Event) -> None:
+    while not cancelled.is_set():
+        try:
+            q.put(item, timeout=QUEUE_TIMEOUT_S)
+            return
+        except queue.Full:
+            continue
+    raise _Cancelled
+
+
+def _get(q: queue.Queue, cancelled: threading.Event):
+    while not cancelled.is_set():
+        try:
+            return q.get(timeout=QUEUE_TIMEOUT_S)
+        except queue.Empty:
+            continue
+    raise _Cancelled
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def run_chunk(
+    task: ChunkTask,
+    processor: Processor,
+    progress: Callable[[int], None] | None = None,
+    worker_id: int = 0,
+) -> ChunkResult:
+    """Process one chunk and write its segment; `progress(n)` is told the frames done so far."""
+    started = time.perf_counter()
+    if task.kind == "image":
+        faces, seconds = _run_image(task, processor)
+        frames = 1
+    else:
+        frames, faces, seconds = _run_video(task, processor, progress or (lambda n: None))
+    seconds["total"] = time.perf_counter() - started
+    return ChunkResult(
+        job_id=task.job_id,
+        index=task.index,
+        segment_uri=task.segment_uri,
+        frames=frames,
+        faces=faces,
+        seconds=seconds,
+        worker_id=worker_id,
+        providers=processor.providers,
+    )
+
+
+def _run_image(task: ChunkTask, processor: Processor) -> tuple[int, dict[str, float]]:
+    t0 = time.perf_counter()
+    image = read_image(task.input_uri)
+    t1 = time.perf_counter()
+    out = processor.process([image.bgr])
+    t2 = time.perf_counter()
+    with atomic_output(Path(task.segment_uri)) as tmp:
+        write_image(image, tmp)
+    seconds = {"decode": t1 - t0, **out.seconds, "encode": time.perf_counter() - t2}
+    return sum(out.faces), seconds
+
+
+def _run_video(task: ChunkTask, processor: Processor, progress: Callable[[int], None]) -> tuple[int, int, dict[str, float]]:
+    depth = 2 * processor.batch_size
+    decoded: queue.Queue = queue.Queue(maxsize=depth)
+    processed: queue.Queue = queue.Queue(maxsize=depth)
+    cancelled = threading.Event()
+    counts = {"decoded": 0, "encoded": 0}
+
+    def decode() -> None:
+        frames = decode_range(task.input_uri, task.first_pts, task.last_pts, task.seek_pts)
+        t = time.perf_counter()
+        for pts, image in frames:
+            decoder.seconds += time.perf_counter() - t
+            _put(decoded, (pts, upright(image, task.rotation)), cancelled)
+            counts["decoded"] += 1
+            t = time.perf_counter()
+        decoder.seconds += time.perf_counter() - t
+        _put(decoded, _END, cancelled)
+
+    with atomic_output(Path(task.segment_uri)) as tmp:
+        writer = SegmentWriter(
+            tmp, task.width, task.height, task.time_base, task.rate, task.pix_fmt, task.encode, task.rotation
+        )
+
+        def encode() -> None:
+            while (item := _get(processed, cancelled)) is not _END:
+                t = time.perf_counter()
+                pts, image = item
+                writer.write(stored(image, task.rotation), pts)
+                counts["encoded"] += 1
+                encoder.seconds += time.perf_counter() - t
+            t = time.perf_counter()
+            writer.close()
+            encoder.seconds += time.perf_counter() - t
+
+        decoder = _Stage("decode", decode, cancelled)
+        encoder = _Stage("encode", encode, cancelled)
+        stage_seconds: dict[str, float] = {}
+        faces = 0
+        decoder.start()
+        encoder.start()
+        try:
+            for batch in _batches(decoded, processor.batch_size, cancelled):
+                images = [image for _, image in batch]
+                out = processor.process(images)
+                faces += sum(out.faces)
+                for name, value in out.seconds.items():
+                    stage_seconds[name] = stage_seconds.get(name, 0.0) + value
+                for (pts, _), image in zip(batch, images):
+                    _put(processed, (pts, image), cancelled)
+                progress(counts["encoded"])
+            _put(processed, _END, cancelled)
+            while encoder.is_alive():
+                encoder.join(timeout=QUEUE_TIMEOUT_S)
+                progress(counts["encoded"])
+        except _Cancelled:
+            pass
+        except BaseException:
+            cancelled.set()
+            raise
+        finally:
+            decoder.join()
+            encoder.join()
+            if cancelled.is_set() or encoder.error:
+                writer.abort()
+        for stage in (decoder, encoder):
+            if stage.error is not None and not isinstance(stage.error, _Cancelled):
+                if isinstance(stage.error, FacefleetError):
+                    raise stage.error
+                raise RuntimeError(f"{stage.name} failed: {stage.error!r}") from stage.error
+        if counts["encoded"] != task.frames:
+            end = task.start + task.frames
+            raise InputError(
+                task.input_uri,
+                f"frames {task.start}-{end - 1}: decoded {counts['encoded']} of {task.frames} (damaged or truncated video)",
+            )
+    progress(counts["encoded"])
+    seconds = {"decode": decoder.seconds, **stage_seconds, "encode": encoder.seconds}
+    return counts["encoded"], faces, seconds
+
+
+def _batches(decoded: queue.Queue, size: int, cancelled: threading.Event) -> Iterator[list]:
+    batch: list = []
+    while (item := _get(decoded, cancelled)) is not _END:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -1,0 +1,79 @@
+"""Starting or joining Ray.
+
+The embedded default runs Ray inside this process's session, bound to 127.0.0.1 only,
+with no dashboard. Ray 2.60 otherwise advertises the machine's external address and
+listens on every interface; RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 set before Ray starts
+keeps every Ray process on loopback (checked by the tests with the listening sockets).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from facefleet.errors import ClusterError
+
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    cpus: int
+    gpus: int
+    nodes: int
+    embedded: bool
+
+
+def loopback_environment() -> None:
+    """Make Ray processes started from here bind to 127.0.0.1 (must run before ray.init)."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
+
+def describe_cluster(embedded: bool) -> ClusterInfo:
+    import ray
+
+    resources = ray.cluster_resources()
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    return ClusterInfo(
+        cpus=int(resources.get("CPU", 0)),
+        gpus=int(resources.get("GPU", 0)),
+        nodes=len(nodes),
+        embedded=embedded,
+    )
+
+
+@contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> Iterator[ClusterInfo]:
+    """Yield a connected Ray; start an embedded one when no address is given.
+
+    A Ray already initialised by the caller (tests, notebooks) is used as it is and left
+    running; otherwise Ray is shut down on exit.
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield describe_cluster(embedded=False)
+        return
+    try:
+        if address:
+            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+        else:
+            loopback_environment()
+            ray.init(
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                include_dashboard=False,
+                _node_ip_address=LOOPBACK,
+                logging_level=logging.ERROR,
+                log_to_driver=False,
+            )
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = f"the Ray cluster at {address}" if address else "an embedded Ray"
+        raise ClusterError(f"cannot start or join {where}: {exc}") from None
+    try:
+        yield describe_cluster(embedded=not address)
+    finally:
+        ray.shutdown()

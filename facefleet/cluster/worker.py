@@ -1,0 +1,68 @@
+"""GpuWorker: a Ray actor holding the stage models and processing chunks.
+
+One per GPU (Ray sets CUDA_VISIBLE_DEVICES for num_gpus=1); with no GPU the same class
+runs its stages on the CPU provider. Models are loaded once and warmed up when the
+worker starts; processors for other pipeline settings are built on first use and kept.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+import numpy as np
+import ray
+
+from facefleet.cluster.chunk import run_chunk
+from facefleet.jobs.spec import ChunkResult, ChunkTask, WorkerInfo
+from facefleet.pipeline.processor import Processor, build_processor
+from facefleet.pipeline.spec import PipelineSpec
+
+
+class GpuWorker:
+    def __init__(self, worker_id: int, pipeline: PipelineSpec, threads: int = 0):
+        self.worker_id = worker_id
+        self.threads = threads
+        self._processors: dict[PipelineSpec, Processor] = {}
+        self._current: tuple[tuple[str, int] | None, int] = (None, 0)
+        self._lock = threading.Lock()
+        self._processor(pipeline)
+
+    def _processor(self, spec: PipelineSpec) -> Processor:
+        if spec not in self._processors:
+            processor = build_processor(spec, threads=self.threads)
+            processor.process([np.zeros((360, 640, 3), np.uint8)])  # warm-up
+            self._processors[spec] = processor
+        return self._processors[spec]
+
+    def info(self) -> WorkerInfo:
+        providers: dict[str, str] = {}
+        for processor in self._processors.values():
+            providers.update(processor.providers)
+        return WorkerInfo(
+            worker_id=self.worker_id,
+            pid=os.getpid(),
+            node=socket.gethostname(),
+            cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+            providers=providers,
+        )
+
+    def process(self, task: ChunkTask) -> ChunkResult:
+        processor = self._processor(task.pipeline)
+
+        def progress(frames: int) -> None:
+            with self._lock:
+                self._current = (task.key, frames)
+
+        try:
+            return run_chunk(task, processor, progress, worker_id=self.worker_id)
+        finally:
+            with self._lock:
+                self._current = (None, 0)
+
+    @ray.method(concurrency_group="progress")
+    def progress(self) -> tuple[tuple[str, int] | None, int]:
+        """The chunk being processed and how many of its frames are done."""
+        with self._lock:
+            return self._current

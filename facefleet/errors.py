@@ -1,0 +1,31 @@
+"""Errors a user can cause. The CLI prints them as one line, without a traceback."""
+
+from __future__ import annotations
+
+
+class FacefleetError(Exception):
+    """Base of every error caused by input, configuration or environment.
+
+    The message says what went wrong and, where it can, what to do about it.
+    """
+
+
+class InputError(FacefleetError):
+    """An input cannot be read as media (missing, not media, truncated, no video...)."""
+
+    def __init__(self, uri: str, reason: str):
+        super().__init__(f"{uri}: {reason}")
+        self.uri = uri
+        self.reason = reason
+
+
+class OutputError(FacefleetError):
+    """An output path cannot be written as asked."""
+
+
+class ModelError(FacefleetError):
+    """A model file is missing, corrupt or does not match its manifest."""
+
+
+class ClusterError(FacefleetError):
+    """Ray could not be started or joined, or a worker died for good."""

@@ -1,0 +1,50 @@
+"""From the command line's inputs and OUTPUT to one (input, output) pair per job."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+from facefleet.errors import OutputError
+from facefleet.media.probe import is_image
+
+SUFFIX = "_anonymized"
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def resolve_outputs(inputs: list[str], output: str | None, suffix: str = SUFFIX) -> list[tuple[str, str]]:
+    """Pair every input with its output path.
+
+    No OUTPUT: next to each input, named `<stem><suffix><ext>`. Several inputs, an
+    existing directory, or a name ending in `/`: a directory, input names kept. Otherwise
+    OUTPUT is the file for the single input.
+    """
+    if not inputs:
+        raise OutputError("no input given")
+    if output is None:
+        pairs = [(i, str(Path(i).with_name(f"{Path(i).stem}{suffix}{Path(i).suffix}"))) for i in inputs]
+    else:
+        out = Path(output)
+        as_dir = len(inputs) > 1 or out.is_dir() or output.endswith(("/", os.sep))
+        if as_dir:
+            if out.exists() and not out.is_dir():
+                raise OutputError(f"{output}: several inputs need OUTPUT to be a directory, and this is a file")
+            pairs = [(i, str(out / Path(i).name)) for i in inputs]
+        else:
+            if is_image(inputs[0]) != is_image(output):
+                kind = "an image" if is_image(inputs[0]) else "a video"
+                raise OutputError(f"{output}: {inputs[0]} is {kind}; give OUTPUT a matching extension")
+            pairs = [(inputs[0], output)]
+    seen: dict[str, str] = {}
+    for source, target in pairs:
+        key = os.path.abspath(target)
+        if key in seen:
+            raise OutputError(f"{seen[key]} and {source} would both be written to {target}; use separate runs or rename one")
+        if os.path.abspath(source) == key:
+            raise OutputError(f"{source}: output would overwrite the input; choose another OUTPUT")
+        seen[key] = source
+    return pairs

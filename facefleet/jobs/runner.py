@@ -1,0 +1,261 @@
+"""Running jobs on a worker pool: plan chunks, dispatch them, assemble outputs.
+
+Each job's chunks go to the worker expected to finish them first, at most two in flight
+per worker; a chunk lost with its worker is sent again. A job whose input turns out bad
+fails alone: the other jobs go on.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from facefleet.errors import FacefleetError
+from facefleet.jobs.spec import ChunkResult, ChunkTask, JobSpec
+from facefleet.media.assemble import assemble, output_format
+from facefleet.media.encode import output_pix_fmt
+from facefleet.media.files import atomic_output, publish
+from facefleet.media.plan import keyframe_at_or_before, plan_ranges
+from facefleet.media.probe import IMAGE_EXTENSIONS, VideoInfo, is_image, probe_video
+
+MAX_ATTEMPTS = 3  # tries per chunk when its worker dies
+POLL_S = 0.25
+WORKDIR_PREFIX = ".facefleet-"
+
+
+@dataclass
+class JobOutcome:
+    job_id: str
+    input_uri: str
+    output_uri: str
+    frames: int = 0
+    faces: int = 0
+    seconds: float = 0.0
+    providers: tuple[str, ...] = ()
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+class JobProgress(Protocol):
+    def started(self, job_id: str, input_uri: str, total_frames: int) -> None: ...
+    def advanced(self, job_id: str, frames_done: int) -> None: ...
+    def ended(self, outcome: JobOutcome) -> None: ...
+
+
+class NoProgress:
+    def started(self, job_id: str, input_uri: str, total_frames: int) -> None:
+        pass
+
+    def advanced(self, job_id: str, frames_done: int) -> None:
+        pass
+
+    def ended(self, outcome: JobOutcome) -> None:
+        pass
+
+
+@dataclass
+class PlannedJob:
+    spec: JobSpec
+    info: VideoInfo | None  # None for an image
+    tasks: list[ChunkTask]
+    workdir: Path
+    results: dict[int, ChunkResult] = field(default_factory=dict)
+    attempts: dict[int, int] = field(default_factory=dict)
+    in_flight: int = 0
+    error: str | None = None
+    started: float | None = None
+
+    @property
+    def total_frames(self) -> int:
+        return sum(t.frames for t in self.tasks)
+
+    @property
+    def done(self) -> bool:
+        return len(self.results) == len(self.tasks)
+
+
+def plan_job(spec: JobSpec) -> PlannedJob:
+    """Probe the input and cut it into chunk tasks (raises FacefleetError for bad input)."""
+    output = Path(spec.output_uri)
+    workdir = output.parent / f"{WORKDIR_PREFIX}{spec.job_id}"
+    if is_image(spec.input_uri):
+        if output.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise FacefleetError(f"{output}: an image input needs an image output name (.jpg, .png, .webp)")
+        task = ChunkTask(
+            job_id=spec.job_id,
+            index=0,
+            kind="image",
+            input_uri=spec.input_uri,
+            segment_uri=str(workdir / f"image{output.suffix.lower()}"),
+            pipeline=spec.pipeline,
+            encode=spec.encode,
+        )
+        return PlannedJob(spec, None, [task], workdir)
+    output_format(output)  # refuse an unknown container before any work
+    info = probe_video(spec.input_uri)
+    pix_fmt = output_pix_fmt(info.pix_fmt, info.width, info.height, spec.encode.codec)
+    tasks = []
+    for index, frame_range in enumerate(plan_ranges(info.frames, info.keyframes, spec.chunk_frames)):
+        key = keyframe_at_or_before(info.keyframes, frame_range.start)
+        tasks.append(
+            ChunkTask(
+                job_id=spec.job_id,
+                index=index,
+                kind="video",
+                input_uri=spec.input_uri,
+                segment_uri=str(workdir / f"chunk-{index:05d}.mp4"),
+                pipeline=spec.pipeline,
+                encode=spec.encode,
+                start=frame_range.start,
+                frames=frame_range.frames,
+                first_pts=info.frame_pts[frame_range.start],
+                last_pts=info.frame_pts[frame_range.end - 1],
+                seek_pts=info.frame_pts[key],
+                width=info.width,
+                height=info.height,
+                time_base=info.time_base,
+                rate=info.rate,
+                pix_fmt=pix_fmt,
+                rotation=info.rotation,
+            )
+        )
+    return PlannedJob(spec, info, tasks, workdir)
+
+
+def finish_job(job: PlannedJob) -> None:
+    """Put the finished output in place: assemble segments, or move the image."""
+    output = Path(job.spec.output_uri)
+    if job.info is None:
+        publish(Path(job.tasks[0].segment_uri), output)
+        return
+    segments = [Path(t.segment_uri) for t in job.tasks]
+    with atomic_output(output) as tmp:
+        assemble(job.info, segments, tmp)
+
+
+def outcome_of(job: PlannedJob) -> JobOutcome:
+    results = job.results.values()
+    providers = sorted({p for r in results for p in r.providers.values()})
+    return JobOutcome(
+        job_id=job.spec.job_id,
+        input_uri=job.spec.input_uri,
+        output_uri=job.spec.output_uri,
+        frames=sum(r.frames for r in results),
+        faces=sum(r.faces for r in results),
+        seconds=time.monotonic() - job.started if job.started else 0.0,
+        providers=tuple(providers),
+        error=job.error,
+    )
+
+
+def run_jobs(specs: list[JobSpec], pool, progress: JobProgress | None = None) -> list[JobOutcome]:
+    """Run every job on the pool's workers; return one outcome per spec, in order."""
+    import ray
+
+    from facefleet.cluster.pool import result_of
+    from facefleet.cluster.scheduler import Scheduler
+
+    progress = progress or NoProgress()
+    outcomes: dict[str, JobOutcome] = {}
+    jobs: dict[str, PlannedJob] = {}
+    for spec in specs:
+        try:
+            job = plan_job(spec)
+        except FacefleetError as exc:
+            outcomes[spec.job_id] = JobOutcome(spec.job_id, spec.input_uri, spec.output_uri, error=str(exc))
+            progress.ended(outcomes[spec.job_id])
+            continue
+        jobs[spec.job_id] = job
+        progress.started(spec.job_id, spec.input_uri, job.total_frames)
+
+    pending = deque(task for job in jobs.values() for task in job.tasks)
+    scheduler = Scheduler(sorted(pool.actors))
+    in_flight: dict = {}
+    last_poll = 0.0
+
+    def end(job: PlannedJob) -> None:
+        if job.error is None:
+            try:
+                finish_job(job)
+            except FacefleetError as exc:
+                job.error = str(exc)
+        shutil.rmtree(job.workdir, ignore_errors=True)
+        outcome = outcome_of(job)
+        outcomes[job.spec.job_id] = outcome
+        progress.ended(outcome)
+
+    try:
+        while pending or in_flight:
+            while pending and (worker := scheduler.pick(pending[0].frames)) is not None:
+                task = pending.popleft()
+                job = jobs[task.job_id]
+                job.started = job.started or time.monotonic()
+                job.workdir.mkdir(parents=True, exist_ok=True)
+                in_flight[pool.submit(worker, task)] = (worker, task)
+                scheduler.sent(worker, task.key, task.frames)
+                job.in_flight += 1
+            if not in_flight:
+                break
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=POLL_S)
+            for ref in ready:
+                worker, task = in_flight.pop(ref)
+                job = jobs[task.job_id]
+                job.in_flight -= 1
+                try:
+                    result = result_of(ref)
+                except FacefleetError as exc:
+                    scheduler.failed(worker, task.key)
+                    job.error = job.error or str(exc)
+                except ray.exceptions.RayActorError:
+                    scheduler.failed(worker, task.key)
+                    job.attempts[task.index] = job.attempts.get(task.index, 1) + 1
+                    if job.attempts[task.index] <= MAX_ATTEMPTS:
+                        pending.appendleft(task)
+                    else:
+                        job.error = job.error or f"chunk {task.index} lost its worker {MAX_ATTEMPTS} times"
+                except Exception as exc:  # a bug, not the user's input: report it, keep going
+                    scheduler.failed(worker, task.key)
+                    job.error = job.error or f"internal error in chunk {task.index}: {exc}"
+                else:
+                    scheduler.finished(worker, task.key, result.frames, result.seconds.get("total", 0.0))
+                    job.results[task.index] = result
+                if job.error is not None:
+                    pending = deque(t for t in pending if t.job_id != task.job_id)
+                if job.in_flight == 0 and (job.done or job.error is not None):
+                    end(job)
+            now = time.monotonic()
+            if now - last_poll >= 2 * POLL_S:
+                last_poll = now
+                _report_progress(jobs, outcomes, pool.progress(), progress)
+    finally:
+        for job in jobs.values():
+            if job.spec.job_id not in outcomes:
+                shutil.rmtree(job.workdir, ignore_errors=True)
+    for job in jobs.values():
+        if job.spec.job_id not in outcomes:  # failed with no chunk in flight
+            job.error = job.error or "not finished"
+            end(job)
+    return [outcomes[s.job_id] for s in specs]
+
+
+def _report_progress(jobs: dict[str, PlannedJob], outcomes: dict, current: dict, progress: JobProgress) -> None:
+    partial: dict[str, int] = {}
+    for key, frames in current.values():
+        if key is not None:
+            partial[key[0]] = partial.get(key[0], 0) + frames
+    for job_id, job in jobs.items():
+        if job_id in outcomes or job.started is None:
+            continue
+        done = sum(r.frames for r in job.results.values()) + partial.get(job_id, 0)
+        progress.advanced(job_id, done)

@@ -1,0 +1,74 @@
+"""Jobs and chunks as values: what the driver asks for and what workers send back.
+
+A chunk task is a descriptor (input, frame range, settings), never frames: workers decode
+their own range and return the segment's location plus small metadata.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+from facefleet.media.encode import EncodeSettings
+from facefleet.pipeline.spec import PipelineSpec
+
+DEFAULT_CHUNK_FRAMES = 300
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One input processed into one output."""
+
+    job_id: str
+    input_uri: str
+    output_uri: str
+    pipeline: PipelineSpec = field(default_factory=PipelineSpec)
+    encode: EncodeSettings = field(default_factory=EncodeSettings)
+    chunk_frames: int = DEFAULT_CHUNK_FRAMES
+
+
+@dataclass(frozen=True)
+class ChunkTask:
+    job_id: str
+    index: int
+    kind: str  # "video" or "image"
+    input_uri: str
+    segment_uri: str  # where the worker writes this chunk's result
+    pipeline: PipelineSpec
+    encode: EncodeSettings
+    start: int = 0  # first frame index (for reports and messages)
+    frames: int = 1  # frames in the range
+    first_pts: int = 0
+    last_pts: int = 0
+    seek_pts: int = 0  # pts of a keyframe at or before first_pts
+    width: int = 0
+    height: int = 0
+    time_base: Fraction = Fraction(1, 1)
+    rate: Fraction = Fraction(25)
+    pix_fmt: str = "yuv420p"  # output pixel format
+    rotation: int = 0
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.job_id, self.index)
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    worker_id: int
+    pid: int
+    node: str
+    cuda_visible_devices: str | None
+    providers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    job_id: str
+    index: int
+    segment_uri: str
+    frames: int
+    faces: int
+    seconds: dict[str, float]  # wall time per stage: decode, detect, anonymize, encode, total
+    worker_id: int
+    providers: dict[str, str]

@@ -1,0 +1,96 @@
+"""Assembly: concatenate segment packets without re-encoding and mux the source audio in.
+
+Video packets keep the source timestamps the segments were encoded with; audio packets are
+copied from the input unchanged. Packets of all streams are interleaved by time.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+
+from facefleet.errors import InputError, OutputError
+from facefleet.media.encode import container_options
+from facefleet.media.probe import VideoInfo, open_input
+
+# Muxer name for an output file extension.
+MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}
+
+
+def output_format(path: Path) -> str:
+    try:
+        return MUXERS[path.suffix.lower()]
+    except KeyError:
+        known = ", ".join(sorted(MUXERS))
+        raise OutputError(f"{path}: unsupported output video extension; use one of {known}") from None
+
+
+def _timed(packets: Iterator[av.Packet], order: int) -> Iterator[tuple[float, int, av.Packet]]:
+    for packet in packets:
+        if packet.size == 0 or packet.dts is None:
+            continue
+        yield float(packet.dts * packet.time_base), order, packet
+
+
+def assemble(info: VideoInfo, segments: list[Path], output: Path) -> int:
+    """Write `output` from the segments (in order) and the input's audio; return frames written.
+
+    `output` is the final file's temporary name; its extension picks the container.
+    """
+    fmt = output_format(output)
+    with open_input(info.uri) as source, av.open(segments[0].as_posix()) as first:
+        template = first.streams.video[0]
+        extradata = template.codec_context.extradata
+        options = container_options(fmt, info.time_base)
+        try:
+            out = av.open(str(output), mode="w", format=fmt, options=options)
+        except (av.error.FFmpegError, OSError) as exc:
+            raise OutputError(f"{output}: cannot create output ({exc})") from None
+        with out:
+            video = out.add_stream_from_template(template)
+            video.time_base = info.time_base
+            if info.rotation:
+                video.set_display_rotation(info.rotation)
+            audio_in = list(source.streams.audio)
+            audio_out = []
+            for stream in audio_in:
+                try:
+                    audio_out.append(out.add_stream_from_template(stream))
+                except (ValueError, av.error.FFmpegError) as exc:
+                    raise OutputError(
+                        f"{output.name}: audio codec {stream.codec_context.name} cannot be stored in {fmt} ({exc});"
+                        " choose another output container, e.g. .mkv"
+                    ) from None
+            for key, value in source.metadata.items():
+                out.metadata[key] = value
+            frames = 0
+            audio_map = {s.index: o for s, o in zip(audio_in, audio_out)}
+            video_packets = _timed(_checked_segments(segments, extradata), 0)
+            audio_packets = _timed(source.demux(audio_in), 1) if audio_in else iter(())
+            try:
+                for _, order, packet in heapq.merge(video_packets, audio_packets, key=lambda x: (x[0], x[1])):
+                    if order == 0:
+                        packet.stream = video
+                        frames += 1
+                    else:
+                        packet.stream = audio_map[packet.stream.index]
+                    out.mux(packet)
+            except av.error.FFmpegError as exc:
+                raise OutputError(f"{output.name}: muxing failed ({exc})") from None
+    if frames != info.frames:
+        raise InputError(info.uri, f"assembled {frames} frames but the input has {info.frames}")
+    return frames
+
+
+def _checked_segments(segments: list[Path], extradata: bytes | None) -> Iterator[av.Packet]:
+    """Packets of every segment, refusing segments whose codec setup differs from the first."""
+    for path in segments:
+        with av.open(str(path)) as seg:
+            stream = seg.streams.video[0]
+            if stream.codec_context.extradata != extradata:
+                raise OutputError(f"segment {path.name} was encoded with different codec settings")
+            yield from seg.demux(stream)
+

@@ -1,0 +1,59 @@
+"""Exact frame-range decoding with PyAV.
+
+Seeking lands on a keyframe at or before the target; frames are then decoded forward and
+kept by presentation time, so a range may start on any frame, keyframe or not.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import av
+import numpy as np
+
+from facefleet.errors import InputError
+from facefleet.media.probe import open_input
+
+
+def _frames_from(uri: str, container, stream, seek_pts: int) -> Iterator[av.VideoFrame]:
+    container.seek(seek_pts, stream=stream, backward=True)
+    try:
+        for frame in container.decode(stream):
+            if frame.pts is None:
+                raise InputError(uri, "a decoded video frame has no timestamp")
+            yield frame
+    except av.error.FFmpegError as exc:
+        raise InputError(uri, f"video cannot be decoded after pts {seek_pts} ({exc})") from None
+
+
+def decode_range(
+    uri: str,
+    first_pts: int,
+    last_pts: int,
+    seek_pts: int,
+    pixel_format: str = "bgr24",
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (pts, image) for every frame whose pts lies in [first_pts, last_pts].
+
+    `seek_pts` is the pts of a keyframe at or before `first_pts`. If the demuxer's seek
+    lands after the range start anyway, decoding starts over from the beginning.
+    """
+    with open_input(uri) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        frames = _frames_from(uri, container, stream, seek_pts)
+        head = next(frames, None)
+        if head is None:
+            return
+        if head.pts > first_pts:
+            frames.close()
+            frames = _frames_from(uri, container, stream, 0)
+        else:
+            frames = itertools.chain([head], frames)
+        for frame in frames:
+            if frame.pts < first_pts:
+                continue
+            if frame.pts > last_pts:
+                return
+            yield frame.pts, frame.to_ndarray(format=pixel_format)

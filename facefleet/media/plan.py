@@ -1,0 +1,50 @@
+"""Chunk planning: split a video's frames into ranges that workers process independently."""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FrameRange:
+    """Frames [start, end) of one video, by index in presentation order."""
+
+    start: int
+    end: int
+
+    @property
+    def frames(self) -> int:
+        return self.end - self.start
+
+
+def plan_ranges(frames: int, keyframes: tuple[int, ...], chunk_frames: int, snap: float = 0.25) -> list[FrameRange]:
+    """Split `frames` frames into consecutive ranges of about `chunk_frames` each.
+
+    A boundary moves to the nearest keyframe within `snap` x chunk_frames of its target,
+    which saves the worker decoding from an earlier keyframe; without one near, the
+    boundary stays where it is (workers decode exact ranges either way).
+    """
+    if frames <= 0:
+        return []
+    if chunk_frames <= 0:
+        raise ValueError("chunk_frames must be positive")
+    tolerance = int(chunk_frames * snap)
+    keys = sorted(k for k in keyframes if 0 < k < frames)
+    bounds = [0]
+    while frames - bounds[-1] > chunk_frames + tolerance:
+        target = bounds[-1] + chunk_frames
+        bound = target
+        i = bisect.bisect_left(keys, target - tolerance)
+        near = [k for k in keys[i:i + 64] if abs(k - target) <= tolerance and k > bounds[-1]]
+        if near:
+            bound = min(near, key=lambda k: (abs(k - target), k))
+        bounds.append(bound)
+    bounds.append(frames)
+    return [FrameRange(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+def keyframe_at_or_before(keyframes: tuple[int, ...], index: int) -> int:
+    """Index of the last keyframe at or before frame `index` (0 when there is none)."""
+    i = bisect.bisect_right(keyframes, index)
+    return keyframes[i - 1] if i else 0
