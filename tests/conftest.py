@@ -1,8 +1,7 @@
-"""Shared fixtures: the face images, sample videos with known faces, a loopback Ray."""
+"""Shared fixtures: the face images and sample videos with known faces."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -10,9 +9,6 @@ import pytest
 from facefleet.samples import SampleSpec, make_sample_video
 
 DATA = Path(__file__).parent / "data"
-
-# Every Ray process the tests start binds to 127.0.0.1 (see facefleet/cluster/runtime.py).
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 
 @pytest.fixture(scope="session")

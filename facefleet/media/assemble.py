@@ -52,6 +52,7 @@ def assemble(info: VideoInfo, segments: list[Path], output: Path) -> int:
         with out:
             video = out.add_stream_from_template(template)
             video.time_base = info.time_base
+            video.codec_context.framerate = info.rate  # matroska stores it as the frame duration
             if info.rotation:
                 video.set_display_rotation(info.rotation)
             audio_in = list(source.streams.audio)

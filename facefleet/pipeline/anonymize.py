@@ -40,12 +40,14 @@ def ellipse_mask(height: int, width: int) -> np.ndarray:
 
 
 def blurred(region: np.ndarray) -> np.ndarray:
-    """A blur strong enough that a detector no longer finds the face: a stack blur whose
-    kernel spans a third of the region (cost independent of the kernel size)."""
+    """A blur whose kernel spans the whole region (a stack blur: cost independent of size).
+
+    Weaker blurs leave a face-shaped blob that detectors still find: on the test video a
+    kernel of a third of the box let YuNet find 80 % of the faces again, half the box 20 %,
+    the whole box 1 %.
+    """
     h, w = region.shape[:2]
-    kx = max(3, (w // 3) | 1)
-    ky = max(3, (h // 3) | 1)
-    return cv2.stackBlur(region, (kx, ky))
+    return cv2.stackBlur(region, (max(3, w | 1), max(3, h | 1)))
 
 
 def mosaic(region: np.ndarray, block: int) -> np.ndarray:

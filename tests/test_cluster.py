@@ -1,0 +1,130 @@
+"""The Ray side: loopback binding, GPU pinning (fake GPUs), dispatch, worker loss."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+
+import av
+import psutil
+import pytest
+import ray
+
+import facefleet.cluster.pool as pool_module
+from facefleet.cluster.pool import WorkerPool, plan_pool
+from facefleet.cluster.runtime import ClusterInfo, ray_session
+from facefleet.jobs.runner import run_jobs
+from facefleet.jobs.spec import JobSpec
+from facefleet.pipeline.spec import PipelineSpec
+from facefleet.samples import SampleSpec
+
+VIDEO = SampleSpec(width=320, height=180, frames=60, gop=20)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """An embedded Ray with two fake GPUs (the machine has none)."""
+    with ray_session(num_cpus=2, num_gpus=2) as info:
+        yield info
+
+
+@pytest.fixture(scope="module")
+def pool(cluster):
+    p = WorkerPool(plan_pool(cluster), PipelineSpec())
+    yield p
+    p.shutdown()
+
+
+def ray_processes() -> list[psutil.Process]:
+    me = psutil.Process()
+    return [me] + me.children(recursive=True)
+
+
+def test_every_ray_process_listens_on_loopback_only(cluster, pool):
+    pids = {p.pid for p in ray_processes()}
+    listening = [
+        c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in pids
+    ]
+    assert len(listening) >= 3  # gcs, raylet, workers
+    assert all(is_loopback(c.laddr.ip) for c in listening), listening
+
+
+def is_loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+def test_one_worker_per_gpu_each_pinned_to_its_own(cluster, pool):
+    assert cluster.gpus == 2
+    visible = sorted(info.cuda_visible_devices for info in pool.infos.values())
+    assert visible == ["0", "1"]
+    # no real GPU here: the worker says it runs on the CPU provider
+    assert all(info.providers == {"detect": "CPUExecutionProvider"} for info in pool.infos.values())
+
+
+def test_plan_pool_without_gpus():
+    plan = plan_pool(ClusterInfo(cpus=8, gpus=0, nodes=1, embedded=True))
+    assert (plan.workers, plan.gpus_per_worker, plan.cpus_per_worker) == (1, 0, 8)
+    plan = plan_pool(ClusterInfo(cpus=8, gpus=0, nodes=1, embedded=True), workers=4)
+    assert (plan.workers, plan.cpus_per_worker) == (4, 2)
+
+
+def test_jobs_run_across_workers_with_two_chunks_in_flight_each(sample_factory, tmp_path, pool, monkeypatch):
+    src, _ = sample_factory(VIDEO)
+    outstanding = {w: 0 for w in pool.actors}
+    peak = {w: 0 for w in pool.actors}
+    owner = {}
+    submit, result_of = pool.submit, pool_module.result_of
+
+    def counting_submit(worker, task):
+        ref = submit(worker, task)
+        owner[ref] = worker
+        outstanding[worker] += 1
+        peak[worker] = max(peak[worker], outstanding[worker])
+        return ref
+
+    def counting_result(ref):
+        outstanding[owner[ref]] -= 1
+        return result_of(ref)
+
+    monkeypatch.setattr(pool, "submit", counting_submit)
+    monkeypatch.setattr(pool_module, "result_of", counting_result)
+    specs = [
+        JobSpec(f"j{i}", str(src), str(tmp_path / f"out{i}.mp4"), chunk_frames=10) for i in range(2)
+    ]
+    outcomes = run_jobs(specs, pool)
+    assert [o.error for o in outcomes] == [None, None]
+    assert all(o.frames == 60 for o in outcomes)
+    assert max(peak.values()) == 2
+    for i in range(2):
+        with av.open(str(tmp_path / f"out{i}.mp4")) as c:
+            assert sum(1 for _ in c.decode(video=0)) == 60
+    assert sorted(os.listdir(tmp_path)) == ["out0.mp4", "out1.mp4"]
+
+
+def test_a_killed_worker_is_restarted_and_its_chunk_sent_again(sample_factory, tmp_path, pool):
+    src, _ = sample_factory(VIDEO)
+    victim = pool.infos[0].pid
+    specs = [JobSpec("k", str(src), str(tmp_path / "out.mp4"), chunk_frames=10)]
+
+    class KillOnFirstProgress:
+        killed = False
+
+        def started(self, *a):
+            pass
+
+        def advanced(self, job_id, frames_done):
+            if not self.killed and frames_done > 0:
+                os.kill(victim, signal.SIGKILL)
+                self.killed = True
+
+        def ended(self, outcome):
+            pass
+
+    watcher = KillOnFirstProgress()
+    outcomes = run_jobs(specs, pool, watcher)
+    assert watcher.killed
+    assert outcomes[0].error is None and outcomes[0].frames == 60
+    assert ray.get(pool.actors[0].info.remote()).pid != victim
