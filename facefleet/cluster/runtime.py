@@ -3,13 +3,15 @@
 The embedded default runs Ray inside this process's session, bound to 127.0.0.1 only,
 with no dashboard. Ray 2.60 otherwise advertises the machine's external address and
 listens on every interface; RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 set before Ray starts
-keeps every Ray process on loopback (checked by the tests with the listening sockets).
+keeps every Ray process on loopback (checked by the tests with the listening sockets),
+whether Ray was imported before or not.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,8 +30,15 @@ class ClusterInfo:
 
 
 def loopback_environment() -> None:
-    """Make Ray processes started from here bind to 127.0.0.1 (must run before ray.init)."""
+    """Make Ray processes started from here bind to 127.0.0.1 (must run before ray.init).
+
+    Ray reads the variable into `ray._private.ray_constants` when it is imported, so when
+    Ray was imported before this call, the constant is set too.
+    """
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None and getattr(constants, "ENABLE_RAY_CLUSTER", False):
+        constants.ENABLE_RAY_CLUSTER = False
 
 
 def describe_cluster(embedded: bool) -> ClusterInfo:

@@ -1,0 +1,45 @@
+"""On a machine with an NVIDIA GPU and onnxruntime-gpu: `make gpu-test` (marker `gpu`)."""
+
+import cv2
+import numpy as np
+import pytest
+
+from facefleet.models.manifest import get_model
+from facefleet.models.session import CUDA, create_session
+from facefleet.pipeline.detect import FaceDetector
+from facefleet.samples import SampleSpec
+
+pytestmark = pytest.mark.gpu
+
+
+def test_cuda_session_runs_and_matches_cpu(data_dir):
+    image = cv2.imread(str(data_dir / "two_people.jpg"))
+    for name in ("centerface", "yunet"):
+        gpu = create_session(get_model(name), provider="cuda")
+        assert gpu.provider == CUDA, f"{name} fell back to {gpu.provider}"
+        cpu = create_session(get_model(name), provider="cpu")
+        a = FaceDetector(gpu, 640).detect([image] * 4)
+        b = FaceDetector(cpu, 640).detect([image] * 4)
+        assert [len(x) for x in a] == [len(x) for x in b] == [2] * 4
+        np.testing.assert_allclose(a[0].boxes, b[0].boxes, atol=1.0)
+
+
+def test_run_uses_one_cuda_worker_per_gpu(sample_factory, tmp_path):
+    from facefleet.cluster.pool import WorkerPool, plan_pool
+    from facefleet.cluster.runtime import ray_session
+    from facefleet.jobs.runner import run_jobs
+    from facefleet.jobs.spec import JobSpec
+    from facefleet.pipeline.spec import PipelineSpec
+
+    src, _ = sample_factory(SampleSpec(width=1280, height=720, frames=120))
+    with ray_session() as cluster:
+        assert cluster.gpus >= 1
+        pool = WorkerPool(plan_pool(cluster), PipelineSpec())
+        try:
+            assert len(pool.infos) == cluster.gpus
+            assert all(info.providers["detect"] == CUDA for info in pool.infos.values())
+            assert len({info.cuda_visible_devices for info in pool.infos.values()}) == cluster.gpus
+            outcome = run_jobs([JobSpec("g", str(src), str(tmp_path / "out.mp4"), chunk_frames=40)], pool)[0]
+        finally:
+            pool.shutdown()
+    assert outcome.error is None and outcome.frames == 120 and outcome.providers == (CUDA,)
