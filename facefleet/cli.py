@@ -106,7 +106,7 @@ def run(
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # returns typer.Exit's code instead of exiting
     except FacefleetError as exc:
         err.print(f"error: {exc}", markup=False, highlight=False)
         sys.exit(2)
@@ -125,6 +125,7 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,9 @@ class InputError(FacefleetError):
         self.uri = uri
         self.reason = reason
 
+    def __reduce__(self):  # pickled by Ray from worker to driver: rebuild from both fields
+        return (type(self), (self.uri, self.reason))
+
 
 class OutputError(FacefleetError):
     """An output path cannot be written as asked."""

@@ -39,8 +39,12 @@ class SampleSpec:
     gop: int = 30  # keyframe interval
     bframes: int = 2
     crf: int = 18
-    rotation: int = 0  # display rotation metadata, degrees
+    rotation: int = 0  # display rotation metadata, degrees counter-clockwise (PyAV's convention)
     seed: int = 0
+    # With a rotation: False stores the rendered frames as they are (so they display
+    # turned); True stores them turned the other way so that they DISPLAY upright, as a
+    # phone's portrait video does. Width, height and the face boxes are then display ones.
+    upright: bool = False
 
 
 def load_sprites(faces_dir: Path) -> list[Sprite]:
@@ -118,8 +122,13 @@ def render_frame(t: int, spec: SampleSpec, sprites: list[Sprite], bg: np.ndarray
 
 
 def make_sample_video(path: Path, faces_dir: Path, spec: SampleSpec = SampleSpec()) -> list[np.ndarray]:
-    """Write a sample video to `path` and return the face boxes of every frame."""
+    """Write a sample video to `path` and return the face boxes of every frame.
+
+    The boxes are in the rendered frames' coordinates: the displayed frames when
+    `spec.upright`, else the stored ones.
+    """
     sprites = load_sprites(faces_dir)
+    turns = (spec.rotation // 90) % 4 if spec.upright else 0
     bg_static = background(spec.width, spec.height, 0, spec.seed)
     truth = []
     time_base = Fraction(1, 90000) if spec.container != "mkv" else Fraction(1, 1000)
@@ -127,8 +136,8 @@ def make_sample_video(path: Path, faces_dir: Path, spec: SampleSpec = SampleSpec
     start_ticks = round(spec.start / time_base)
     with av.open(str(path), "w") as out:
         vs = out.add_stream("libx264", rate=spec.fps)
-        vs.width, vs.height = spec.width, spec.height
-        vs.pix_fmt = "yuv420p"
+        vs.width, vs.height = (spec.height, spec.width) if turns % 2 else (spec.width, spec.height)
+        vs.pix_fmt = "yuv444p" if spec.width % 2 or spec.height % 2 else "yuv420p"  # x264: 4:2:0 needs even sizes
         vs.time_base = time_base
         vs.codec_context.time_base = time_base
         vs.options = {"crf": str(spec.crf), "preset": "veryfast", "g": str(spec.gop), "bf": str(spec.bframes)}
@@ -143,6 +152,8 @@ def make_sample_video(path: Path, faces_dir: Path, spec: SampleSpec = SampleSpec
             bg = np.roll(bg_static, shift, axis=1)
             image, boxes = render_frame(t, spec, sprites, bg)
             truth.append(boxes)
+            if turns:  # displayed = stored turned `rotation` degrees counter-clockwise
+                image = np.ascontiguousarray(np.rot90(image, -turns))
             frame = av.VideoFrame.from_ndarray(image, format="bgr24")
             frame.pts = start_ticks + round(t * frame_ticks)
             frame.time_base = time_base

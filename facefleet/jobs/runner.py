@@ -19,6 +19,7 @@ from facefleet.jobs.spec import ChunkResult, ChunkTask, JobSpec
 from facefleet.media.assemble import assemble, output_format
 from facefleet.media.encode import output_pix_fmt
 from facefleet.media.files import atomic_output, publish
+from facefleet.media.image import check_image
 from facefleet.media.plan import keyframe_at_or_before, plan_ranges
 from facefleet.media.probe import IMAGE_EXTENSIONS, VideoInfo, is_image, probe_video
 
@@ -90,6 +91,7 @@ def plan_job(spec: JobSpec) -> PlannedJob:
     output = Path(spec.output_uri)
     workdir = output.parent / f"{WORKDIR_PREFIX}{spec.job_id}"
     if is_image(spec.input_uri):
+        check_image(spec.input_uri)  # missing, empty or not an image: refuse it here, not in a worker
         if output.suffix.lower() not in IMAGE_EXTENSIONS:
             raise FacefleetError(f"{output}: an image input needs an image output name (.jpg, .png, .webp)")
         task = ChunkTask(
@@ -102,8 +104,8 @@ def plan_job(spec: JobSpec) -> PlannedJob:
             encode=spec.encode,
         )
         return PlannedJob(spec, None, [task], workdir)
+    info = probe_video(spec.input_uri)  # first: a bad input is the reason to give, not its output name
     output_format(output)  # refuse an unknown container before any work
-    info = probe_video(spec.input_uri)
     pix_fmt = output_pix_fmt(info.pix_fmt, info.width, info.height, spec.encode.codec)
     tasks = []
     for index, frame_range in enumerate(plan_ranges(info.frames, info.keyframes, spec.chunk_frames)):
@@ -190,6 +192,8 @@ def run_jobs(specs: list[JobSpec], pool, progress: JobProgress | None = None) ->
                 finish_job(job)
             except FacefleetError as exc:
                 job.error = str(exc)
+            except Exception as exc:  # a bug: this job fails, the others go on
+                job.error = f"internal error while assembling the output: {one_line(exc)}"
         shutil.rmtree(job.workdir, ignore_errors=True)
         outcome = outcome_of(job)
         outcomes[job.spec.job_id] = outcome
@@ -226,7 +230,8 @@ def run_jobs(specs: list[JobSpec], pool, progress: JobProgress | None = None) ->
                         job.error = job.error or f"chunk {task.index} lost its worker {MAX_ATTEMPTS} times"
                 except Exception as exc:  # a bug, not the user's input: report it, keep going
                     scheduler.failed(worker, task.key)
-                    job.error = job.error or f"internal error in chunk {task.index}: {exc}"
+                    cause = getattr(exc, "cause", None) or exc  # a RayTaskError carries the worker's exception
+                    job.error = job.error or f"internal error in chunk {task.index}: {one_line(cause)}"
                 else:
                     scheduler.finished(worker, task.key, result.frames, result.seconds.get("total", 0.0))
                     job.results[task.index] = result
@@ -247,6 +252,12 @@ def run_jobs(specs: list[JobSpec], pool, progress: JobProgress | None = None) ->
             job.error = job.error or "not finished"
             end(job)
     return [outcomes[s.job_id] for s in specs]
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
 
 
 def _report_progress(jobs: dict[str, PlannedJob], outcomes: dict, current: dict, progress: JobProgress) -> None:

@@ -17,14 +17,18 @@ from facefleet.media.probe import open_input
 
 
 def _frames_from(uri: str, container, stream, seek_pts: int) -> Iterator[av.VideoFrame]:
-    container.seek(seek_pts, stream=stream, backward=True)
+    last = seek_pts
     try:
+        container.seek(seek_pts, stream=stream, backward=True)
         for frame in container.decode(stream):
             if frame.pts is None:
                 raise InputError(uri, "a decoded video frame has no timestamp")
+            last = frame.pts
             yield frame
     except av.error.FFmpegError as exc:
-        raise InputError(uri, f"video cannot be decoded after pts {seek_pts} ({exc})") from None
+        reason = " ".join((getattr(exc, "strerror", None) or str(exc)).split())
+        at = float(last * stream.time_base) if stream.time_base else 0.0
+        raise InputError(uri, f"damaged video: decoding fails after {at:.2f} s ({reason})") from None
 
 
 def decode_range(

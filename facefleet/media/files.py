@@ -8,7 +8,10 @@ from contextlib import contextmanager
 from collections.abc import Iterator
 from pathlib import Path
 
+from facefleet.errors import OutputError
+
 TMP_MARK = ".facefleet-tmp-"
+MAX_STEM_BYTES = 180  # keeps the temporary name under the usual 255-byte limit
 
 
 def temporary_sibling(path: Path) -> Path:
@@ -16,17 +19,32 @@ def temporary_sibling(path: Path) -> Path:
 
     The extension is kept because muxers choose their format from it.
     """
-    return path.with_name(f".{path.stem}{TMP_MARK}{secrets.token_hex(4)}{path.suffix}")
+    stem = path.stem.encode("utf-8", "surrogateescape")[:MAX_STEM_BYTES].decode("utf-8", "ignore")
+    return path.with_name(f".{stem}{TMP_MARK}{secrets.token_hex(4)}{path.suffix}")
+
+
+def _make_parent(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot create its directory ({exc.strerror or exc})") from None
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot move the finished output into place ({exc.strerror or exc})") from None
 
 
 @contextmanager
 def atomic_output(path: Path) -> Iterator[Path]:
     """Yield a temporary path; on success move it to `path`, on error remove it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(path)
     tmp = temporary_sibling(path)
     try:
         yield tmp
-        os.replace(tmp, path)
+        _replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -34,5 +52,5 @@ def atomic_output(path: Path) -> Iterator[Path]:
 
 def publish(tmp: Path, path: Path) -> None:
     """Move a finished temporary file into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, path)
+    _make_parent(path)
+    _replace(tmp, path)

@@ -1,4 +1,8 @@
-"""Still images: read to BGR (alpha kept aside), write back in the same format."""
+"""Still images: read to BGR (alpha kept aside), write back in the same format.
+
+A photo's EXIF orientation is applied on reading (by OpenCV), so faces are detected upright
+and the output, written without the tag, displays exactly as the input did.
+"""
 
 from __future__ import annotations
 
@@ -17,16 +21,59 @@ class Image:
     alpha: np.ndarray | None = None  # uint8 (H, W) when the source had an alpha channel
 
 
+NOT_AN_IMAGE = "not a readable image (damaged, or not the format its name says)"
+
+
+def _check_file(uri: str, path: Path) -> None:
+    if not path.exists():
+        raise InputError(uri, "file not found")
+    if not path.is_file():
+        raise InputError(uri, "is a directory, not an image file" if path.is_dir() else "not a regular file")
+    if path.stat().st_size == 0:
+        raise InputError(uri, "file is empty (0 bytes)")
+
+
+def check_image(uri: str) -> None:
+    """A cheap look before any work (for planning): the file exists, is not empty and
+    starts like an image format OpenCV reads. Damage further in is found by read_image."""
+    path = Path(uri)
+    _check_file(uri, path)
+    try:
+        readable = cv2.haveImageReader(str(path))
+    except cv2.error:
+        readable = False
+    if not readable:
+        raise InputError(uri, NOT_AN_IMAGE)
+
+
+ALPHA_FORMATS = (".png", ".webp", ".tif", ".tiff")
+
+
+def _decode(data: np.ndarray, flags: int) -> np.ndarray | None:
+    try:
+        return cv2.imdecode(data, flags)
+    except cv2.error:
+        return None
+
+
 def read_image(uri: str) -> Image:
     path = Path(uri)
-    if not path.is_file():
-        raise InputError(uri, "file not found")
-    data = np.fromfile(path, dtype=np.uint8)
+    _check_file(uri, path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise InputError(uri, f"cannot read ({exc.strerror or exc})") from None
     if data.size == 0:
         raise InputError(uri, "file is empty (0 bytes)")
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    # OpenCV applies the EXIF orientation unless asked for the image "unchanged", which is
+    # only needed to keep an alpha channel (formats without alpha are decoded once).
+    image = _decode(data, cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH)
+    if image is not None and path.suffix.lower() in ALPHA_FORMATS:
+        unchanged = _decode(data, cv2.IMREAD_UNCHANGED)
+        if unchanged is not None and unchanged.ndim == 3 and unchanged.shape[2] == 4:
+            image = unchanged
     if image is None:
-        raise InputError(uri, "not a readable image (damaged, or not the format its name says)")
+        raise InputError(uri, NOT_AN_IMAGE)
     if image.dtype == np.uint16:
         image = (image >> 8).astype(np.uint8)
     elif image.dtype != np.uint8:
@@ -45,7 +92,13 @@ def write_image(image: Image, path: Path) -> None:
     if ext == ".jpg" or ext == ".jpeg":
         pixels = image.bgr  # JPEG has no alpha
     params = [cv2.IMWRITE_JPEG_QUALITY, 95] if ext in (".jpg", ".jpeg") else []
-    ok, encoded = cv2.imencode(ext, pixels, params)
+    try:
+        ok, encoded = cv2.imencode(ext, pixels, params)
+    except cv2.error:
+        ok = False
     if not ok:
         raise OutputError(f"{path}: cannot encode image as {ext}")
-    path.write_bytes(encoded.tobytes())
+    try:
+        path.write_bytes(encoded.tobytes())
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None

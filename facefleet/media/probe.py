@@ -60,13 +60,100 @@ def open_input(uri: str) -> av.container.InputContainer:
     try:
         return av.open(uri, mode="r")
     except av.error.FFmpegError as exc:
+        truncated = cut_short(path)
+        if truncated:
+            raise InputError(uri, truncated) from None
+        if isinstance(exc, av.error.EOFError):
+            raise InputError(uri, "not a readable media file (it ends before its header is complete: truncated, or not media)") from None
         raise InputError(uri, f"not a readable media file ({_reason(exc)})") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise InputError(uri, f"cannot open: {exc}") from None
+        raise InputError(uri, f"cannot open ({_reason(exc)})") from None
 
 
 def _reason(exc: Exception) -> str:
-    return getattr(exc, "strerror", None) or str(exc)
+    """The cause of an error in one line, without the file name FFmpeg appends."""
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return " ".join(str(text).split())
+
+
+def cut_short(path: Path) -> str | None:
+    """Why a file is shorter than its own container header says, or None if it is not.
+
+    MP4/MOV: a top-level box (size, type) that runs past the end of the file, or no
+    'moov' box (the frame index). Matroska/WebM: a Segment whose declared size runs
+    past the end. Other formats, and files whose sizes are unknown, are not judged.
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if head[4:8] == b"ftyp":
+                return _cut_short_mp4(f, size)
+            if head[:4] == _EBML:
+                return _cut_short_matroska(f, size)
+    except OSError:
+        pass  # unreadable: opening it says why
+    return None
+
+
+def _cut_short_mp4(f, size: int) -> str | None:
+    boxes: list[str] = []
+    offset = 0
+    while offset + 8 <= size:
+        f.seek(offset)
+        head = f.read(16)
+        length = int.from_bytes(head[:4], "big")
+        kind = head[4:8].decode("latin-1")
+        if length == 1 and len(head) == 16:
+            length = int.from_bytes(head[8:16], "big")
+        elif length == 0:  # the last box, up to the end of the file
+            length = size - offset
+        if length < 8 or not kind.isprintable():
+            return None  # not a box structure this walker understands
+        if offset + length > size:
+            missing = "" if "moov" in boxes or kind == "moov" else "; its frame index ('moov') is missing"
+            return f"truncated MP4: the file ends inside its '{kind}' box, at byte {size} of {offset + length}{missing}"
+        boxes.append(kind)
+        offset += length
+    if "moov" not in boxes and "moof" not in boxes:
+        return "truncated or unfinished MP4: it has no frame index ('moov' box)"
+    return None
+
+
+_EBML = bytes.fromhex("1a45dfa3")
+_SEGMENT = bytes.fromhex("18538067")
+
+
+def _cut_short_matroska(f, size: int) -> str | None:
+    f.seek(0)
+    head = f.read(64)
+    header_size, n = _ebml_size(head, 4)
+    at = 4 + n + (header_size or 0)
+    if header_size is None or head[at : at + 4] != _SEGMENT:
+        return None
+    segment_size, n = _ebml_size(head, at + 4)
+    if segment_size is None:  # unknown size (a live recording): nothing to compare
+        return None
+    end = at + 4 + n + segment_size
+    if end > size:
+        return f"truncated Matroska/WebM: the file ends at byte {size} of the {end} its header declares"
+    return None
+
+
+def _ebml_size(data: bytes, i: int) -> tuple[int | None, int]:
+    """An EBML variable-length size at data[i]: (value or None when unknown/unreadable, length)."""
+    if i >= len(data) or data[i] == 0:
+        return None, 1
+    first = data[i]
+    n = 8 - first.bit_length() + 1
+    if i + n > len(data):
+        return None, n
+    value = first & (0xFF >> n)
+    for byte in data[i + 1 : i + n]:
+        value = (value << 8) | byte
+    if value == (1 << (7 * n)) - 1:
+        return None, n
+    return value, n
 
 
 def probe_video(uri: str) -> VideoInfo:
@@ -94,8 +181,9 @@ def probe_video(uri: str) -> VideoInfo:
                     key_pts.add(pts)
         except av.error.FFmpegError as exc:
             raise InputError(uri, f"damaged or truncated video ({_reason(exc)}) after {len(pts_list)} frames") from None
+        _check_complete(uri, stream, pts_list)
         if not pts_list:
-            raise InputError(uri, "video stream has no frames")
+            raise InputError(uri, "video stream has no frames (zero-frame video)")
         frame_pts = tuple(sorted(set(pts_list)))
         if len(frame_pts) != len(pts_list):
             raise InputError(uri, "several video frames share one timestamp; remux it with fresh timestamps first")
@@ -127,6 +215,22 @@ def _first_frame(uri: str, container: av.container.InputContainer, stream) -> av
     except av.error.FFmpegError as exc:
         raise InputError(uri, f"video cannot be decoded ({_reason(exc)})") from None
     raise InputError(uri, "video stream has no decodable frames")
+
+
+def _check_complete(uri: str, stream, pts_list: list[int]) -> None:
+    """Refuse a video whose file is shorter than its own container header says.
+
+    The demuxer stops silently where a cut file ends, so a truncated video would
+    otherwise come out shorter with no word said. A header that lists more frames than
+    the demuxer returns is not enough on its own (edit lists can hide frames), so the
+    frame count only adds detail to a file that is cut.
+    """
+    truncated = cut_short(Path(uri))
+    if truncated:
+        declared = stream.frames or 0
+        if declared > len(pts_list):
+            truncated += f" (only {len(pts_list)} of the {declared} frames it lists are there)"
+        raise InputError(uri, truncated)
 
 
 def _rate_from_pts(frame_pts: tuple[int, ...], time_base: Fraction) -> Fraction:

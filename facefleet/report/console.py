@@ -75,7 +75,7 @@ class RichProgress:
 
 def summary_line(outcome: JobOutcome) -> str:
     if not outcome.ok:
-        error = outcome.error or ""
+        error = " ".join((outcome.error or "").split())  # one line, whatever the error said
         named = error if error.startswith(outcome.input_uri) else f"{outcome.input_uri}: {error}"
         return f"FAILED {named}"
     providers = ",".join(p.replace("ExecutionProvider", "") for p in outcome.providers) or "-"
