@@ -44,8 +44,12 @@ def run(
     mosaicsize: int = typer.Option(20, "--mosaicsize", help="Mosaic block size in pixels."),
     detector: str = typer.Option("centerface", "--face-detector-model", help="centerface | yunet."),
     detect_size: int = typer.Option(640, "--detect-size", help="Longer side of the detector input, pixels."),
-    chunk_frames: int = typer.Option(300, "--chunk-frames", help="Frames per chunk."),
+    chunk_frames: int = typer.Option(
+        0, "--chunk-frames", help="Frames per chunk; 0 sizes chunks to the workers (30 to 300 frames)."
+    ),
     workers: Optional[int] = typer.Option(None, "--workers", help="Workers (default: one per GPU, else one)."),
+    chunks_per_worker: int = typer.Option(2, "--chunks-per-worker", help="Chunks each worker processes at once."),
+    gpu_share: float = typer.Option(1.0, "--gpu-share", help="GPU fraction per worker; 0.25 runs 4 workers per GPU."),
     address: Optional[str] = typer.Option(None, "--address", help="Join this Ray cluster instead of starting one."),
     providers: str = typer.Option("auto", "--execution-providers", help="auto | cuda | cpu."),
     batch_size: int = typer.Option(0, "--batch-size", help="Frames per detector call (0: 16 on GPU, 4 on CPU)."),
@@ -61,8 +65,8 @@ def run(
 
     if preset not in PRESETS:
         raise FacefleetError(f"--output-video-preset must be one of {', '.join(PRESETS)}")
-    if chunk_frames < 1:
-        raise FacefleetError("--chunk-frames must be at least 1")
+    if chunk_frames < 0:
+        raise FacefleetError("--chunk-frames must be 0 (automatic) or more")
     if workers is not None and workers < 1:
         raise FacefleetError("--workers must be at least 1")
     try:
@@ -83,23 +87,27 @@ def run(
     from facefleet.cluster.pool import WorkerPool, plan_pool
     from facefleet.cluster.runtime import ray_session
     from facefleet.jobs.inputs import new_job_id, resolve_outputs
-    from facefleet.jobs.runner import run_jobs
+    from facefleet.jobs.runner import JobOutcome, plan_jobs, run_planned
     from facefleet.report.console import RichProgress, print_summary
 
     pairs = resolve_outputs(inputs, output)
     specs = [JobSpec(new_job_id(), i, o, pipeline=spec, encode=encode, chunk_frames=chunk_frames) for i, o in pairs]
+    planned = plan_jobs(specs)  # bad inputs are refused here, before Ray starts
+    if all(isinstance(p, JobOutcome) for p in planned):
+        print_summary(planned)
+        raise typer.Exit(1)
     with ray_session(address) as cluster:
-        plan = plan_pool(cluster, workers)
+        plan = plan_pool(cluster, workers, chunks_per_worker, gpu_share)
         where = "embedded Ray (127.0.0.1)" if cluster.embedded else f"Ray at {address or 'the current session'}"
         kind = f"{plan.workers} GPU worker(s)" if plan.gpus_per_worker else f"{plan.workers} CPU worker(s)"
         err.print(f"{where}: {cluster.nodes} node(s), {cluster.cpus} CPUs, {cluster.gpus} GPUs; {kind}", highlight=False)
         pool = WorkerPool(plan, spec)
         try:
             with RichProgress(err, enabled=not quiet) as progress:
-                outcomes = run_jobs(specs, pool, progress)
+                outcomes = run_planned(planned, pool, progress)
         finally:
             pool.shutdown()
-    print_summary(outcomes)
+        print_summary(outcomes)  # before Ray's shutdown, which takes a second or two
     if not all(o.ok for o in outcomes):
         raise typer.Exit(1)
 

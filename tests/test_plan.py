@@ -1,6 +1,6 @@
 import pytest
 
-from facefleet.media.plan import FrameRange, keyframe_at_or_before, plan_ranges
+from facefleet.media.plan import FrameRange, auto_chunk_frames, keyframe_at_or_before, plan_ranges
 
 
 def covers(ranges, frames):
@@ -38,3 +38,10 @@ def test_keyframe_at_or_before():
     keys = (0, 30, 60)
     assert [keyframe_at_or_before(keys, i) for i in (0, 29, 30, 59, 61)] == [0, 0, 30, 30, 60]
     assert keyframe_at_or_before((10,), 5) == 0
+
+
+def test_auto_chunk_size_gives_every_slot_work_within_bounds():
+    assert auto_chunk_frames(300, 2) == 150
+    assert auto_chunk_frames(100_000, 8) == 300
+    assert auto_chunk_frames(40, 4) == 30
+    assert auto_chunk_frames(301, 1) == 300

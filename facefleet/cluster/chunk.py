@@ -11,6 +11,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -85,14 +86,19 @@ def run_chunk(
     processor: Processor,
     progress: Callable[[int], None] | None = None,
     worker_id: int = 0,
+    threads: int = 0,
 ) -> ChunkResult:
-    """Process one chunk and write its segment; `progress(n)` is told the frames done so far."""
+    """Process one chunk and write its segment; `progress(n)` is told the frames done so far.
+
+    `threads` is the CPU thread budget of this chunk's decoder and encoder (0: each picks
+    one per core, which oversubscribes the CPU when several chunks run at once).
+    """
     started = time.perf_counter()
     if task.kind == "image":
         faces, seconds = _run_image(task, processor)
         frames = 1
     else:
-        frames, faces, seconds = _run_video(task, processor, progress or (lambda n: None))
+        frames, faces, seconds = _run_video(task, processor, progress or (lambda n: None), threads)
     seconds["total"] = time.perf_counter() - started
     return ChunkResult(
         job_id=task.job_id,
@@ -118,7 +124,9 @@ def _run_image(task: ChunkTask, processor: Processor) -> tuple[int, dict[str, fl
     return sum(out.faces), seconds
 
 
-def _run_video(task: ChunkTask, processor: Processor, progress: Callable[[int], None]) -> tuple[int, int, dict[str, float]]:
+def _run_video(
+    task: ChunkTask, processor: Processor, progress: Callable[[int], None], threads: int
+) -> tuple[int, int, dict[str, float]]:
     depth = 2 * processor.batch_size
     decoded: queue.Queue = queue.Queue(maxsize=depth)
     processed: queue.Queue = queue.Queue(maxsize=depth)
@@ -126,7 +134,7 @@ def _run_video(task: ChunkTask, processor: Processor, progress: Callable[[int], 
     counts = {"decoded": 0, "encoded": 0}
 
     def decode() -> None:
-        frames = decode_range(task.input_uri, task.first_pts, task.last_pts, task.seek_pts)
+        frames = decode_range(task.input_uri, task.first_pts, task.last_pts, task.seek_pts, threads=threads)
         t = time.perf_counter()
         for pts, image in frames:
             decoder.seconds += time.perf_counter() - t
@@ -137,9 +145,8 @@ def _run_video(task: ChunkTask, processor: Processor, progress: Callable[[int], 
         _put(decoded, _END, cancelled)
 
     with atomic_output(Path(task.segment_uri)) as tmp:
-        writer = SegmentWriter(
-            tmp, task.width, task.height, task.time_base, task.rate, task.pix_fmt, task.encode, task.rotation
-        )
+        encode = task.encode if task.encode.threads or not threads else replace(task.encode, threads=threads)
+        writer = SegmentWriter(tmp, task.width, task.height, task.time_base, task.rate, task.pix_fmt, encode, task.rotation)
 
         def encode() -> None:
             while (item := _get(processed, cancelled)) is not _END:

@@ -7,12 +7,14 @@ from dataclasses import dataclass
 import ray
 
 from facefleet.cluster.runtime import ClusterInfo
+from facefleet.cluster.scheduler import MAX_IN_FLIGHT
 from facefleet.cluster.worker import GpuWorker
 from facefleet.errors import ClusterError, FacefleetError
 from facefleet.jobs.spec import ChunkResult, ChunkTask, WorkerInfo
 from facefleet.pipeline.spec import PipelineSpec
 
 MAX_RESTARTS = 2
+START_TIMEOUT_S = 300
 
 
 @dataclass(frozen=True)
@@ -20,31 +22,75 @@ class PoolPlan:
     workers: int
     gpus_per_worker: float
     cpus_per_worker: float
+    chunks_per_worker: int = MAX_IN_FLIGHT  # in flight and processed concurrently
+    media_threads: int = 0  # decoder/encoder threads per chunk: the node's cores shared out
+
+    @property
+    def onnx_threads(self) -> int:
+        """onnxruntime threads per chunk on CPU workers (0: let it choose, on GPU workers)."""
+        if self.gpus_per_worker:
+            return 0
+        return max(1, int(self.cpus_per_worker) // self.chunks_per_worker)
 
 
-def plan_pool(cluster: ClusterInfo, workers: int | None = None) -> PoolPlan:
-    """One worker per GPU; with no GPU, `workers` CPU workers (default one) sharing the CPUs."""
+def plan_pool(
+    cluster: ClusterInfo,
+    workers: int | None = None,
+    chunks_per_worker: int = MAX_IN_FLIGHT,
+    gpu_share: float = 1.0,
+) -> PoolPlan:
+    """1/gpu_share workers per GPU (one by default); with no GPU, `workers` CPU workers
+    (default one per node) sharing the CPUs."""
+    if chunks_per_worker < 1:
+        raise ClusterError("--chunks-per-worker must be at least 1")
+    if not 0 < gpu_share <= 1:
+        raise ClusterError("--gpu-share must be in (0, 1]: 0.5 runs two workers per GPU")
     if cluster.gpus > 0:
-        count = workers or cluster.gpus
-        if count > cluster.gpus:
-            raise ClusterError(f"--workers {count} asks for more workers than the cluster's {cluster.gpus} GPUs")
-        return PoolPlan(workers=count, gpus_per_worker=1, cpus_per_worker=1)
-    count = workers or max(1, cluster.nodes)
-    cpus = max(1, cluster.cpus // count) if cluster.cpus else 1
-    return PoolPlan(workers=count, gpus_per_worker=0, cpus_per_worker=cpus)
+        per_gpu = max(1, round(1 / gpu_share))
+        slots = cluster.gpus * per_gpu
+        count = workers or slots
+        if count > slots:
+            raise ClusterError(
+                f"--workers {count} asks for more workers than the cluster's {cluster.gpus} GPU(s) x {per_gpu} per GPU"
+            )
+        gpus_per_worker, cpus = 1 / per_gpu, 1
+    else:
+        count = workers or max(1, cluster.nodes)
+        cpus = max(cluster.cpus, 1) / count
+        cpus = int(cpus) if cpus >= 1 else round(cpus, 2)
+        gpus_per_worker = 0
+    return PoolPlan(count, gpus_per_worker, cpus, chunks_per_worker, media_threads(cluster, count, chunks_per_worker))
+
+
+def media_threads(cluster: ClusterInfo, workers: int, chunks_per_worker: int) -> int:
+    """Decoder/encoder threads per chunk so that the chunks running on a node share its
+    cores instead of each starting one thread per core."""
+    nodes = max(cluster.nodes, 1)
+    node_cpus = max(cluster.cpus // nodes, 1)
+    chunks_per_node = -(-workers // nodes) * chunks_per_worker
+    return max(1, node_cpus // chunks_per_node)
 
 
 class WorkerPool:
     def __init__(self, plan: PoolPlan, pipeline: PipelineSpec):
+        self.plan = plan
         remote = ray.remote(concurrency_groups={"progress": 1})(GpuWorker).options(
             num_gpus=plan.gpus_per_worker,
             num_cpus=plan.cpus_per_worker,
             max_restarts=MAX_RESTARTS,
+            max_concurrency=plan.chunks_per_worker,
         )
-        threads = 0 if plan.gpus_per_worker else int(plan.cpus_per_worker)
-        self.actors = {i: remote.remote(i, pipeline, threads) for i in range(plan.workers)}
+        self.actors = {
+            i: remote.remote(i, pipeline, plan.onnx_threads, plan.media_threads) for i in range(plan.workers)
+        }
         try:
-            infos = ray.get([a.info.remote() for a in self.actors.values()])
+            infos = ray.get([a.info.remote() for a in self.actors.values()], timeout=START_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            self.shutdown()
+            raise ClusterError(
+                f"{plan.workers} worker(s) did not start within {START_TIMEOUT_S} s: the cluster lacks the "
+                f"resources ({plan.gpus_per_worker} GPU, {plan.cpus_per_worker} CPU each) or cannot scale up"
+            ) from None
         except ray.exceptions.RayTaskError as exc:
             self.shutdown()
             cause = exc.cause if isinstance(exc.cause, Exception) else exc
@@ -59,14 +105,15 @@ class WorkerPool:
     def submit(self, worker: int, task: ChunkTask) -> ray.ObjectRef:
         return self.actors[worker].process.remote(task)
 
-    def progress(self) -> dict[int, tuple[tuple[str, int] | None, int]]:
-        refs = {w: a.progress.remote() for w, a in self.actors.items()}
-        out = {}
-        for worker, ref in refs.items():
+    def progress(self) -> dict[tuple[str, int], int]:
+        """Frames done so far of every chunk being processed, over all workers."""
+        refs = [a.progress.remote() for a in self.actors.values()]
+        out: dict[tuple[str, int], int] = {}
+        for ref in refs:
             try:
-                out[worker] = ray.get(ref, timeout=5)
-            except (ray.exceptions.RayError, TimeoutError):
-                out[worker] = (None, 0)
+                out.update(ray.get(ref, timeout=5))
+            except ray.exceptions.RayError:
+                pass  # a worker restarting: its chunks report when they are sent again
         return out
 
     def shutdown(self) -> None:

@@ -3,6 +3,9 @@
 One per GPU (Ray sets CUDA_VISIBLE_DEVICES for num_gpus=1); with no GPU the same class
 runs its stages on the CPU provider. Models are loaded once and warmed up when the
 worker starts; processors for other pipeline settings are built on first use and kept.
+The actor processes its in-flight chunks concurrently (Ray max_concurrency): each chunk
+has its own decode and encode threads, and they share the models, so the encoders of
+several chunks keep the CPU cores busy while one GPU serves them all.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import os
 import socket
 import threading
 
+import cv2
 import numpy as np
 import ray
 
@@ -21,20 +25,24 @@ from facefleet.pipeline.spec import PipelineSpec
 
 
 class GpuWorker:
-    def __init__(self, worker_id: int, pipeline: PipelineSpec, threads: int = 0):
+    def __init__(self, worker_id: int, pipeline: PipelineSpec, threads: int = 0, media_threads: int = 0):
         self.worker_id = worker_id
-        self.threads = threads
+        self.threads = threads  # onnxruntime threads (CPU provider)
+        self.media_threads = media_threads  # decoder and encoder threads per chunk
+        if media_threads:
+            cv2.setNumThreads(media_threads)
         self._processors: dict[PipelineSpec, Processor] = {}
-        self._current: tuple[tuple[str, int] | None, int] = (None, 0)
+        self._current: dict[tuple[str, int], int] = {}  # chunk key -> frames done
         self._lock = threading.Lock()
         self._processor(pipeline)
 
     def _processor(self, spec: PipelineSpec) -> Processor:
-        if spec not in self._processors:
-            processor = build_processor(spec, threads=self.threads)
-            processor.process([np.zeros((360, 640, 3), np.uint8)])  # warm-up
-            self._processors[spec] = processor
-        return self._processors[spec]
+        with self._lock:
+            if spec not in self._processors:
+                processor = build_processor(spec, threads=self.threads)
+                processor.process([np.zeros((360, 640, 3), np.uint8)])  # warm-up
+                self._processors[spec] = processor
+            return self._processors[spec]
 
     def info(self) -> WorkerInfo:
         providers: dict[str, str] = {}
@@ -52,17 +60,14 @@ class GpuWorker:
         processor = self._processor(task.pipeline)
 
         def progress(frames: int) -> None:
-            with self._lock:
-                self._current = (task.key, frames)
+            self._current[task.key] = frames
 
         try:
-            return run_chunk(task, processor, progress, worker_id=self.worker_id)
+            return run_chunk(task, processor, progress, worker_id=self.worker_id, threads=self.media_threads)
         finally:
-            with self._lock:
-                self._current = (None, 0)
+            self._current.pop(task.key, None)
 
     @ray.method(concurrency_group="progress")
-    def progress(self) -> tuple[tuple[str, int] | None, int]:
-        """The chunk being processed and how many of its frames are done."""
-        with self._lock:
-            return self._current
+    def progress(self) -> dict[tuple[str, int], int]:
+        """Frames done so far of each chunk being processed."""
+        return dict(self._current)

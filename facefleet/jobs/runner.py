@@ -20,7 +20,7 @@ from facefleet.media.assemble import assemble, output_format
 from facefleet.media.encode import output_pix_fmt
 from facefleet.media.files import atomic_output, publish
 from facefleet.media.image import check_image
-from facefleet.media.plan import keyframe_at_or_before, plan_ranges
+from facefleet.media.plan import auto_chunk_frames, keyframe_at_or_before, plan_ranges
 from facefleet.media.probe import IMAGE_EXTENSIONS, VideoInfo, is_image, probe_video
 
 MAX_ATTEMPTS = 3  # tries per chunk when its worker dies
@@ -86,7 +86,7 @@ class PlannedJob:
         return len(self.results) == len(self.tasks)
 
 
-def plan_job(spec: JobSpec) -> PlannedJob:
+def plan_job(spec: JobSpec, slots: int = 1) -> PlannedJob:
     """Probe the input and cut it into chunk tasks (raises FacefleetError for bad input)."""
     output = Path(spec.output_uri)
     workdir = output.parent / f"{WORKDIR_PREFIX}{spec.job_id}"
@@ -106,9 +106,15 @@ def plan_job(spec: JobSpec) -> PlannedJob:
         return PlannedJob(spec, None, [task], workdir)
     info = probe_video(spec.input_uri)  # first: a bad input is the reason to give, not its output name
     output_format(output)  # refuse an unknown container before any work
+    return PlannedJob(spec, info, video_tasks(spec, info, workdir, slots), workdir)
+
+
+def video_tasks(spec: JobSpec, info: VideoInfo, workdir: Path, slots: int) -> list[ChunkTask]:
+    """Cut a probed video into chunk tasks; `slots` is how many chunks can run at once."""
+    chunk_frames = spec.chunk_frames or auto_chunk_frames(info.frames, slots)
     pix_fmt = output_pix_fmt(info.pix_fmt, info.width, info.height, spec.encode.codec)
     tasks = []
-    for index, frame_range in enumerate(plan_ranges(info.frames, info.keyframes, spec.chunk_frames)):
+    for index, frame_range in enumerate(plan_ranges(info.frames, info.keyframes, chunk_frames)):
         key = keyframe_at_or_before(info.keyframes, frame_range.start)
         tasks.append(
             ChunkTask(
@@ -132,7 +138,7 @@ def plan_job(spec: JobSpec) -> PlannedJob:
                 rotation=info.rotation,
             )
         )
-    return PlannedJob(spec, info, tasks, workdir)
+    return tasks
 
 
 def finish_job(job: PlannedJob) -> None:
@@ -161,8 +167,24 @@ def outcome_of(job: PlannedJob) -> JobOutcome:
     )
 
 
+def plan_jobs(specs: list[JobSpec]) -> list[PlannedJob | JobOutcome]:
+    """Plan every job; a job whose input or output is refused becomes a failed outcome."""
+    planned: list[PlannedJob | JobOutcome] = []
+    for spec in specs:
+        try:
+            planned.append(plan_job(spec))
+        except FacefleetError as exc:
+            planned.append(JobOutcome(spec.job_id, spec.input_uri, spec.output_uri, error=str(exc)))
+    return planned
+
+
 def run_jobs(specs: list[JobSpec], pool, progress: JobProgress | None = None) -> list[JobOutcome]:
-    """Run every job on the pool's workers; return one outcome per spec, in order."""
+    """Plan and run every job on the pool's workers; one outcome per spec, in order."""
+    return run_planned(plan_jobs(specs), pool, progress)
+
+
+def run_planned(planned: list[PlannedJob | JobOutcome], pool, progress: JobProgress | None = None) -> list[JobOutcome]:
+    """Run planned jobs on the pool's workers; failed plans pass through as they are."""
     import ray
 
     from facefleet.cluster.pool import result_of
@@ -171,18 +193,21 @@ def run_jobs(specs: list[JobSpec], pool, progress: JobProgress | None = None) ->
     progress = progress or NoProgress()
     outcomes: dict[str, JobOutcome] = {}
     jobs: dict[str, PlannedJob] = {}
-    for spec in specs:
-        try:
-            job = plan_job(spec)
-        except FacefleetError as exc:
-            outcomes[spec.job_id] = JobOutcome(spec.job_id, spec.input_uri, spec.output_uri, error=str(exc))
-            progress.ended(outcomes[spec.job_id])
+    order = []
+    for item in planned:
+        if isinstance(item, JobOutcome):
+            order.append(item.job_id)
+            outcomes[item.job_id] = item
+            progress.ended(item)
             continue
-        jobs[spec.job_id] = job
-        progress.started(spec.job_id, spec.input_uri, job.total_frames)
+        order.append(item.spec.job_id)
+        jobs[item.spec.job_id] = item
+        if item.info is not None and not item.spec.chunk_frames:  # sized to this pool
+            item.tasks = video_tasks(item.spec, item.info, item.workdir, pool.plan.workers * pool.plan.chunks_per_worker)
+        progress.started(item.spec.job_id, item.spec.input_uri, item.total_frames)
 
     pending = deque(task for job in jobs.values() for task in job.tasks)
-    scheduler = Scheduler(sorted(pool.actors))
+    scheduler = Scheduler(sorted(pool.actors), max_in_flight=pool.plan.chunks_per_worker)
     in_flight: dict = {}
     last_poll = 0.0
 
@@ -251,7 +276,7 @@ def run_jobs(specs: list[JobSpec], pool, progress: JobProgress | None = None) ->
         if job.spec.job_id not in outcomes:  # failed with no chunk in flight
             job.error = job.error or "not finished"
             end(job)
-    return [outcomes[s.job_id] for s in specs]
+    return [outcomes[job_id] for job_id in order]
 
 
 def one_line(exc: BaseException) -> str:
@@ -262,11 +287,11 @@ def one_line(exc: BaseException) -> str:
 
 def _report_progress(jobs: dict[str, PlannedJob], outcomes: dict, current: dict, progress: JobProgress) -> None:
     partial: dict[str, int] = {}
-    for key, frames in current.values():
-        if key is not None:
-            partial[key[0]] = partial.get(key[0], 0) + frames
+    for (job_id, index), frames in current.items():
+        if job_id in jobs and index not in jobs[job_id].results:
+            partial[job_id] = partial.get(job_id, 0) + frames
     for job_id, job in jobs.items():
         if job_id in outcomes or job.started is None:
             continue
         done = sum(r.frames for r in job.results.values()) + partial.get(job_id, 0)
-        progress.advanced(job_id, done)
+        progress.advanced(job_id, min(done, job.total_frames))

@@ -12,7 +12,6 @@ from fractions import Fraction
 from facefleet.media.encode import EncodeSettings
 from facefleet.pipeline.spec import PipelineSpec
 
-DEFAULT_CHUNK_FRAMES = 300
 
 
 @dataclass(frozen=True)
@@ -24,7 +23,7 @@ class JobSpec:
     output_uri: str
     pipeline: PipelineSpec = field(default_factory=PipelineSpec)
     encode: EncodeSettings = field(default_factory=EncodeSettings)
-    chunk_frames: int = DEFAULT_CHUNK_FRAMES
+    chunk_frames: int = 0  # 0: sized to the workers (media.plan.auto_chunk_frames)
 
 
 @dataclass(frozen=True)

@@ -37,15 +37,18 @@ def decode_range(
     last_pts: int,
     seek_pts: int,
     pixel_format: str = "bgr24",
+    threads: int = 0,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (pts, image) for every frame whose pts lies in [first_pts, last_pts].
 
     `seek_pts` is the pts of a keyframe at or before `first_pts`. If the demuxer's seek
     lands after the range start anyway, decoding starts over from the beginning.
+    `threads` caps the decoder's threads (0: FFmpeg picks, one per core).
     """
     with open_input(uri) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = threads
         frames = _frames_from(uri, container, stream, seek_pts)
         head = next(frames, None)
         if head is None:

@@ -44,6 +44,20 @@ def plan_ranges(frames: int, keyframes: tuple[int, ...], chunk_frames: int, snap
     return [FrameRange(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
+AUTO_LARGEST = 300
+AUTO_SMALLEST = 30
+
+
+def auto_chunk_frames(frames: int, slots: int, largest: int = AUTO_LARGEST, smallest: int = AUTO_SMALLEST) -> int:
+    """A chunk size that gives every worker slot work, within [smallest, largest] frames.
+
+    Long videos get `largest`-frame chunks (per-chunk costs stay small); a short one is
+    cut so that all `slots` chunks that can run at once have something to do.
+    """
+    share = -(-frames // max(slots, 1))
+    return max(smallest, min(largest, share))
+
+
 def keyframe_at_or_before(keyframes: tuple[int, ...], index: int) -> int:
     """Index of the last keyframe at or before frame `index` (0 when there is none)."""
     i = bisect.bisect_right(keyframes, index)

@@ -141,6 +141,11 @@ def create_session(
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle onnxruntime threads spin by default, taking cores from the decode and encode
+    # threads that run beside every session here.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if requested == CUDA:
+        threads = threads or 1  # the CPU side of a CUDA session is small: don't start a pool
     if threads > 0:
         options.intra_op_num_threads = threads
     providers: list[Any] = [CPU]

@@ -15,7 +15,7 @@ from facefleet.pipeline.detect import FaceDetector
 from facefleet.pipeline.spec import PipelineSpec
 
 GPU_BATCH = 16
-CPU_BATCH = 4
+CPU_BATCH = 1  # measured: onnxruntime's CPU provider is slower per frame on batches
 
 
 @dataclass
