@@ -64,11 +64,27 @@ def test_one_worker_per_gpu_each_pinned_to_its_own(cluster, pool):
     assert all(info.providers == {"detect": "CPUExecutionProvider"} for info in pool.infos.values())
 
 
+def test_plan_pool_shares_gpus_and_cores():
+    node = ClusterInfo(cpus=16, gpus=1, nodes=1, embedded=True)
+    plan = plan_pool(node)  # 16 cores for one GPU: 4 workers share it
+    assert (plan.workers, plan.gpus_per_worker, plan.media_threads) == (4, 0.25, 2)
+    plan = plan_pool(node, gpu_share=1.0)
+    assert (plan.workers, plan.gpus_per_worker, plan.media_threads) == (1, 1, 8)
+    big = plan_pool(ClusterInfo(cpus=128, gpus=8, nodes=1, embedded=True), chunks_per_worker=4)
+    assert (big.workers, big.media_threads) == (32, 1)
+    with pytest.raises(Exception, match="more workers"):
+        plan_pool(node, workers=2, gpu_share=1.0)
+
+
 def test_plan_pool_without_gpus():
     plan = plan_pool(ClusterInfo(cpus=8, gpus=0, nodes=1, embedded=True))
     assert (plan.workers, plan.gpus_per_worker, plan.cpus_per_worker) == (1, 0, 8)
+    assert (plan.onnx_threads, plan.media_threads) == (4, 4)
     plan = plan_pool(ClusterInfo(cpus=8, gpus=0, nodes=1, embedded=True), workers=4)
     assert (plan.workers, plan.cpus_per_worker) == (4, 2)
+    # more workers than CPUs: each gets a fraction instead of waiting forever for a whole one
+    plan = plan_pool(ClusterInfo(cpus=2, gpus=0, nodes=1, embedded=True), workers=4)
+    assert (plan.workers, plan.cpus_per_worker) == (4, 0.5)
 
 
 def test_jobs_run_across_workers_with_two_chunks_in_flight_each(sample_factory, tmp_path, pool, monkeypatch):

@@ -24,7 +24,7 @@ def test_cuda_session_runs_and_matches_cpu(data_dir):
         np.testing.assert_allclose(a[0].boxes, b[0].boxes, atol=1.0)
 
 
-def test_run_uses_one_cuda_worker_per_gpu(sample_factory, tmp_path):
+def test_run_uses_cuda_workers_pinned_to_gpus(sample_factory, tmp_path):
     from facefleet.cluster.pool import WorkerPool, plan_pool
     from facefleet.cluster.runtime import ray_session
     from facefleet.jobs.runner import run_jobs
@@ -36,8 +36,10 @@ def test_run_uses_one_cuda_worker_per_gpu(sample_factory, tmp_path):
         assert cluster.gpus >= 1
         pool = WorkerPool(plan_pool(cluster), PipelineSpec())
         try:
-            assert len(pool.infos) == cluster.gpus
+            assert len(pool.infos) == pool.plan.workers >= cluster.gpus
             assert all(info.providers["detect"] == CUDA for info in pool.infos.values())
+            # each worker sees exactly one GPU; together they cover every GPU
+            assert all("," not in info.cuda_visible_devices for info in pool.infos.values())
             assert len({info.cuda_visible_devices for info in pool.infos.values()}) == cluster.gpus
             outcome = run_jobs([JobSpec("g", str(src), str(tmp_path / "out.mp4"), chunk_frames=40)], pool)[0]
         finally:
