@@ -49,9 +49,7 @@ def run(
     ),
     workers: Optional[int] = typer.Option(None, "--workers", help="Workers (default: one per GPU, else one)."),
     chunks_per_worker: int = typer.Option(2, "--chunks-per-worker", help="Chunks each worker processes at once."),
-    gpu_share: float = typer.Option(
-        0.0, "--gpu-share", help="GPU fraction per worker; 0.25 runs 4 workers per GPU (0: one per 4 CPUs, up to 4)."
-    ),
+    gpu_share: float = typer.Option(1.0, "--gpu-share", help="GPU fraction per worker; 0.25 runs 4 workers per GPU."),
     address: Optional[str] = typer.Option(None, "--address", help="Join this Ray cluster instead of starting one."),
     providers: str = typer.Option("auto", "--execution-providers", help="auto | cuda | cpu."),
     batch_size: int = typer.Option(0, "--batch-size", help="Frames per detector call (0: 16 on GPU, 4 on CPU)."),

