@@ -11,16 +11,18 @@ import numpy as np
 from facefleet.cluster.chunk import run_chunk
 from facefleet.jobs.runner import PlannedJob, finish_job, plan_job
 from facefleet.jobs.spec import JobSpec
-from facefleet.pipeline.processor import build_processor
+from facefleet.pipeline.processor import Processor, build_processor
 
 _processors: dict = {}
 
 
-def run_local(spec: JobSpec) -> PlannedJob:
+def run_local(spec: JobSpec, processor: Processor | None = None) -> PlannedJob:
+    """What the workers and the driver do for one job, in this process."""
     job = plan_job(spec)
-    if spec.pipeline not in _processors:
-        _processors[spec.pipeline] = build_processor(spec.pipeline)
-    processor = _processors[spec.pipeline]
+    if processor is None:
+        if spec.pipeline not in _processors:
+            _processors[spec.pipeline] = build_processor(spec.pipeline)
+        processor = _processors[spec.pipeline]
     job.workdir.mkdir(parents=True, exist_ok=True)
     try:
         for task in job.tasks:

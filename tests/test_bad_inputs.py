@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import struct
 import subprocess
 import sys
@@ -24,10 +23,11 @@ import av
 import cv2
 import numpy as np
 import pytest
+from localrun import run_local
 
 from facefleet.cluster.chunk import run_chunk
 from facefleet.errors import FacefleetError, InputError
-from facefleet.jobs.runner import PlannedJob, finish_job, plan_job
+from facefleet.jobs.runner import plan_job
 from facefleet.jobs.spec import ChunkTask, JobSpec
 from facefleet.media.encode import EncodeSettings
 from facefleet.media.image import check_image
@@ -297,19 +297,6 @@ def processor():
     return build_processor(PipelineSpec())
 
 
-def process(spec: JobSpec, processor) -> PlannedJob:
-    """What a worker and the driver do for one job, in this process."""
-    job = plan_job(spec)
-    job.workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        for task in job.tasks:
-            job.results[task.index] = run_chunk(task, processor)
-        finish_job(job)
-    finally:
-        shutil.rmtree(job.workdir, ignore_errors=True)
-    return job
-
-
 @pytest.mark.parametrize("name", BAD_VIDEOS)
 def test_probe_names_the_input_and_the_reason(cases, name):
     case = cases[name]
@@ -376,7 +363,7 @@ def test_awkward_video_works(cases, processor, tmp_path, name):
     """Odd sizes, rotation metadata and a non-ASCII path: same frames, size and rotation; faces blurred."""
     case = cases[name]
     output = tmp_path / "out dir ü" / f"résultat {name}.mp4"
-    job = process(JobSpec("good", str(case.path), str(output)), processor)
+    job = run_local(JobSpec("good", str(case.path), str(output)), processor)
     assert len(job.tasks) == 1
     assert sum(r.frames for r in job.results.values()) == FRAMES
     before, after = assert_same_video(case.path, output)
@@ -401,7 +388,7 @@ def test_image_works(cases, processor, tmp_path, name):
     """jpg, png, webp: same size and format, faces blurred, alpha kept, EXIF orientation applied."""
     case = cases[name]
     output = tmp_path / "out" / f"résultat {case.path.name}"
-    job = process(JobSpec("img", str(case.path), str(output)), processor)
+    job = run_local(JobSpec("img", str(case.path), str(output)), processor)
     assert sum(r.faces for r in job.results.values()) >= 1
     result = image_shape_kept(case, output)
     assert output.read_bytes()[:3] == case.path.read_bytes()[:3]  # same format

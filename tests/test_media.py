@@ -10,7 +10,6 @@ from facefleet.jobs.spec import JobSpec
 from facefleet.media.decode import decode_range
 from facefleet.media.encode import EncodeSettings, output_pix_fmt, quality_to_crf
 from facefleet.media.probe import probe_video
-from facefleet.pipeline.spec import PipelineSpec
 from facefleet.samples import SampleSpec
 
 SMALL = dict(width=320, height=180, frames=45, gop=12)
