@@ -14,15 +14,18 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 class ModelSpec:
     """What a model file is and how to feed it.
 
-    `make_dynamic` names input dims (batch, height, width) that the stored graph fixes
-    but that the model supports at any value; the session factory rewrites them at load
-    time so the shipped file keeps its published checksum.
+    Pixels reach the model as `(value * scale - mean) / std` per channel, in `channels`
+    order and `layout`. `make_dynamic` names input dims (batch, height, width) that the
+    stored graph fixes but that the model supports at any value; the session factory
+    rewrites them at load time so the file keeps its published checksum. `sha256` is None
+    for a model whose publisher gives no SHA-256: its checksum is recorded when the user
+    imports or fetches it, and checked against that record from then on.
     """
 
     name: str
     kind: str  # detector | landmarker | recognizer | enhancer
     file: str
-    sha256: str
+    sha256: str | None
     license: str
     source: str
     input_name: str
@@ -31,10 +34,16 @@ class ModelSpec:
     scale: float = 1.0  # pixel value multiplier applied before mean/std
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    size_multiple: int = 32  # input height/width must be multiples of this
+    size_multiple: int = 32  # input height/width must be multiples of this (free-size detectors)
     make_dynamic: tuple[str, ...] = ()  # dim names to free: any of "batch", "height", "width"
     shipped: bool = False
     commercial_use: bool = True
+    decoder: str = ""  # detectors and landmarkers: which output decoder reads the outputs
+    input_size: tuple[int, int] | None = None  # fixed (width, height) of the input, if any
+    template: str | None = None  # alignment template of face crops (pipeline.align.TEMPLATES)
+    output_names: tuple[str, ...] = ()  # published output names, in order
+    extra_inputs: tuple[tuple[str, float], ...] = ()  # other scalar inputs, e.g. CodeFormer's weight
+    url: str | None = None  # published download address (`facefleet models fetch`), never used at run time
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -51,6 +60,8 @@ MODELS: dict[str, ModelSpec] = {
             channels="RGB",
             make_dynamic=("batch", "height", "width"),
             shipped=True,
+            decoder="centerface",
+            output_names=("537", "538", "539", "540"),
         ),
         ModelSpec(
             name="yunet",
@@ -63,6 +74,7 @@ MODELS: dict[str, ModelSpec] = {
             channels="BGR",
             make_dynamic=("batch",),
             shipped=True,
+            decoder="yunet",
         ),
     )
 }

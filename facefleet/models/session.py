@@ -135,6 +135,8 @@ def create_session(
     import onnxruntime as ort
 
     requested = choose_provider(provider)
+    if spec.sha256 is None:
+        raise ModelError(f"model {spec.name} has no pinned sha256; it must be loaded through the model store")
     data = read_verified(path or model_path(spec), spec.sha256)
     if spec.make_dynamic:
         data = free_dims(data, spec.make_dynamic)

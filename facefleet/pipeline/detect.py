@@ -118,8 +118,8 @@ class FaceDetector:
     """Runs a detector model over batches of frames."""
 
     def __init__(self, model: ModelSession, detect_size: int = 640, threshold: float = 0.5):
-        if model.spec.name not in ("centerface", "yunet"):
-            raise ValueError(f"no decoder for detector {model.spec.name}")
+        if model.spec.decoder not in ("centerface", "yunet"):
+            raise ValueError(f"no decoder for detector {model.spec.name} (decoder {model.spec.decoder!r})")
         self.model = model
         self.detect_size = detect_size
         self.threshold = threshold
@@ -135,7 +135,7 @@ class FaceDetector:
         n = len(frames)
         pw, ph = geom.padded
         results = []
-        if spec.name == "centerface":
+        if spec.decoder == "centerface":
             heat, scale, offset, lms = outputs
             for i in range(n):
                 decoded = decode_centerface(heat[i], scale[i], offset[i], lms[i], self.threshold)
