@@ -20,7 +20,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -48,7 +47,7 @@ def main() -> None:
     job = plan_job(JobSpec("profile", args.video, args.out, pipeline=pipeline, chunk_frames=args.chunk_frames))
     job.workdir.mkdir(parents=True, exist_ok=True)
     processor = build_processor(pipeline, threads=args.threads)
-    processor.process([np.zeros((360, 640, 3), np.uint8)])  # warm-up, as the worker does
+    processor.warm_up()  # as the worker does
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     peak_threads = 0

@@ -22,6 +22,7 @@ from facefleet.media.decode import decode_range
 from facefleet.media.encode import SegmentWriter
 from facefleet.media.files import atomic_output
 from facefleet.media.image import read_image, write_image
+from facefleet.pipeline.faces import FrameItem
 from facefleet.pipeline.processor import Processor
 
 _END = object()
@@ -116,12 +117,13 @@ def _run_image(task: ChunkTask, processor: Processor) -> tuple[int, dict[str, fl
     t0 = time.perf_counter()
     image = read_image(task.input_uri)
     t1 = time.perf_counter()
-    out = processor.process([image.bgr])
+    run = processor.run()
+    items = run.process([FrameItem(0, 0, image.bgr)]) + run.flush()
     t2 = time.perf_counter()
     with atomic_output(Path(task.segment_uri)) as tmp:
         write_image(image, tmp)
-    seconds = {"decode": t1 - t0, **out.seconds, "encode": time.perf_counter() - t2}
-    return sum(out.faces), seconds
+    seconds = {"decode": t1 - t0, **run.seconds, "encode": time.perf_counter() - t2}
+    return sum(len(item.faces) for item in items), seconds
 
 
 def _run_video(
@@ -134,11 +136,13 @@ def _run_video(
     counts = {"decoded": 0, "encoded": 0}
 
     def decode() -> None:
-        frames = decode_range(task.input_uri, task.first_pts, task.last_pts, task.seek_pts, threads=threads)
+        frames = decode_range(task.input_uri, task.decode_first_pts, task.decode_last_pts, task.seek_pts, threads=threads)
+        first_index = task.start - task.context_before
         t = time.perf_counter()
-        for pts, image in frames:
+        for i, (pts, image) in enumerate(frames):
             decoder.seconds += time.perf_counter() - t
-            _put(decoded, (pts, upright(image, task.rotation)), cancelled)
+            output = task.first_pts <= pts <= task.last_pts
+            _put(decoded, FrameItem(first_index + i, pts, upright(image, task.rotation), output), cancelled)
             counts["decoded"] += 1
             t = time.perf_counter()
         decoder.seconds += time.perf_counter() - t
@@ -151,8 +155,7 @@ def _run_video(
         def encode() -> None:
             while (item := _get(processed, cancelled)) is not _END:
                 t = time.perf_counter()
-                pts, image = item
-                writer.write(stored(image, task.rotation), pts)
+                writer.write(stored(item.image, task.rotation), item.pts)
                 counts["encoded"] += 1
                 encoder.seconds += time.perf_counter() - t
             t = time.perf_counter()
@@ -161,20 +164,23 @@ def _run_video(
 
         decoder = _Stage("decode", decode, cancelled)
         encoder = _Stage("encode", encode, cancelled)
-        stage_seconds: dict[str, float] = {}
+        run = processor.run()
         faces = 0
+
+        def hand_over(items: list[FrameItem]) -> None:
+            nonlocal faces
+            for item in items:
+                if item.output:
+                    faces += len(item.faces)
+                    _put(processed, item, cancelled)
+
         decoder.start()
         encoder.start()
         try:
             for batch in _batches(decoded, processor.batch_size, cancelled):
-                images = [image for _, image in batch]
-                out = processor.process(images)
-                faces += sum(out.faces)
-                for name, value in out.seconds.items():
-                    stage_seconds[name] = stage_seconds.get(name, 0.0) + value
-                for (pts, _), image in zip(batch, images):
-                    _put(processed, (pts, image), cancelled)
+                hand_over(run.process(batch))
                 progress(counts["encoded"])
+            hand_over(run.flush())
             _put(processed, _END, cancelled)
             while encoder.is_alive():
                 encoder.join(timeout=QUEUE_TIMEOUT_S)
@@ -201,7 +207,7 @@ def _run_video(
                 f"frames {task.start}-{end - 1}: decoded {counts['encoded']} of {task.frames} (damaged or truncated video)",
             )
     progress(counts["encoded"])
-    seconds = {"decode": decoder.seconds, **stage_seconds, "encode": encoder.seconds}
+    seconds = {"decode": decoder.seconds, **run.seconds, "encode": encoder.seconds}
     return counts["encoded"], faces, seconds
 
 

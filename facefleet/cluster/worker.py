@@ -15,7 +15,6 @@ import socket
 import threading
 
 import cv2
-import numpy as np
 import ray
 
 from facefleet.cluster.chunk import run_chunk
@@ -40,7 +39,7 @@ class GpuWorker:
         with self._lock:
             if spec not in self._processors:
                 processor = build_processor(spec, threads=self.threads)
-                processor.process([np.zeros((360, 640, 3), np.uint8)])  # warm-up
+                processor.warm_up()
                 self._processors[spec] = processor
             return self._processors[spec]
 

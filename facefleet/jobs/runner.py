@@ -22,6 +22,7 @@ from facefleet.media.files import atomic_output, publish
 from facefleet.media.image import check_image
 from facefleet.media.plan import auto_chunk_frames, keyframe_at_or_before, plan_ranges
 from facefleet.media.probe import IMAGE_EXTENSIONS, VideoInfo, is_image, probe_video
+from facefleet.pipeline.processor import pipeline_context
 
 MAX_ATTEMPTS = 3  # tries per chunk when its worker dies
 POLL_S = 0.25
@@ -113,9 +114,12 @@ def video_tasks(spec: JobSpec, info: VideoInfo, workdir: Path, slots: int) -> li
     """Cut a probed video into chunk tasks; `slots` is how many chunks can run at once."""
     chunk_frames = spec.chunk_frames or auto_chunk_frames(info.frames, slots)
     pix_fmt = output_pix_fmt(info.pix_fmt, info.width, info.height, spec.encode.codec)
+    context = pipeline_context(spec.pipeline)
     tasks = []
     for index, frame_range in enumerate(plan_ranges(info.frames, info.keyframes, chunk_frames)):
-        key = keyframe_at_or_before(info.keyframes, frame_range.start)
+        decode_start = max(0, frame_range.start - context)
+        decode_end = min(info.frames, frame_range.end + context)
+        key = keyframe_at_or_before(info.keyframes, decode_start)
         tasks.append(
             ChunkTask(
                 job_id=spec.job_id,
@@ -129,6 +133,9 @@ def video_tasks(spec: JobSpec, info: VideoInfo, workdir: Path, slots: int) -> li
                 frames=frame_range.frames,
                 first_pts=info.frame_pts[frame_range.start],
                 last_pts=info.frame_pts[frame_range.end - 1],
+                context_before=frame_range.start - decode_start,
+                decode_first_pts=info.frame_pts[decode_start],
+                decode_last_pts=info.frame_pts[decode_end - 1],
                 seek_pts=info.frame_pts[key],
                 width=info.width,
                 height=info.height,

@@ -37,9 +37,12 @@ class ChunkTask:
     encode: EncodeSettings
     start: int = 0  # first frame index (for reports and messages)
     frames: int = 1  # frames in the range
-    first_pts: int = 0
+    first_pts: int = 0  # output range: frames with first_pts <= pts <= last_pts are written
     last_pts: int = 0
-    seek_pts: int = 0  # pts of a keyframe at or before first_pts
+    context_before: int = 0  # frames decoded before the range (context for the stages)
+    decode_first_pts: int = 0  # decoded range: the output range plus context on each side
+    decode_last_pts: int = 0
+    seek_pts: int = 0  # pts of a keyframe at or before decode_first_pts
     width: int = 0
     height: int = 0
     time_base: Fraction = Fraction(1, 1)

@@ -1,66 +1,99 @@
-"""Processors chain stages over a batch of frames; workers only see this interface."""
+"""Processors: a pipeline's models, loaded once, and the runs that chain its stages.
+
+A worker holds one Processor per pipeline spec and processes several chunks at once, so
+everything with per-chunk state (tracks, frames held back) lives in a `PipelineRun`,
+made fresh for every chunk; the models are shared between runs.
+"""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Protocol
+from collections.abc import Callable
 
 import numpy as np
 
 from facefleet.models.manifest import get_model
 from facefleet.models.session import CUDA, create_session
-from facefleet.pipeline.anonymize import anonymize_frame
 from facefleet.pipeline.detect import FaceDetector
+from facefleet.pipeline.faces import FrameItem
 from facefleet.pipeline.spec import PipelineSpec
+from facefleet.pipeline.stages import AnonymizeStage, DetectStage, Stage
+from facefleet.pipeline.track import TrackStage
 
 GPU_BATCH = 16
 CPU_BATCH = 1  # measured: onnxruntime's CPU provider is slower per frame on batches
 
 
-@dataclass
-class BatchOutput:
-    faces: list[int]  # faces found per frame
-    seconds: dict[str, float] = field(default_factory=dict)  # time per stage for this batch
+class PipelineRun:
+    """The stages of one chunk, in order, with the time each took."""
+
+    def __init__(self, stages: list[Stage]):
+        self.stages = stages
+        self.seconds: dict[str, float] = {stage.name: 0.0 for stage in stages}
+
+    def _through(self, index: int, stage: Stage, items: list[FrameItem], flush: bool) -> list[FrameItem]:
+        t0 = time.perf_counter()
+        out = stage.process(items)
+        if flush:
+            out = out + stage.flush()
+        self.seconds[stage.name] += time.perf_counter() - t0
+        return out
+
+    def process(self, items: list[FrameItem]) -> list[FrameItem]:
+        """Frames in decode order in; the frames every stage is done with out, in order."""
+        for i, stage in enumerate(self.stages):
+            items = self._through(i, stage, items, flush=False)
+        return items
+
+    def flush(self) -> list[FrameItem]:
+        """Everything still held back, after the last frame went in."""
+        items: list[FrameItem] = []
+        for i, stage in enumerate(self.stages):
+            items = self._through(i, stage, items, flush=True)
+        return items
 
 
-class Processor(Protocol):
-    spec: PipelineSpec
-    batch_size: int
+class Processor:
+    """A pipeline's shared models and how to chain them; `run()` starts a chunk."""
+
+    def __init__(self, spec: PipelineSpec, detector: FaceDetector, make_stages: Callable[[], list[Stage]]):
+        self.spec = spec
+        self.detector = detector
+        self._make_stages = make_stages
+        on_gpu = detector.model.provider == CUDA
+        self.batch_size = spec.batch_size or (GPU_BATCH if on_gpu else CPU_BATCH)
+        self.context = max((stage.context for stage in make_stages()), default=0)
 
     @property
     def providers(self) -> dict[str, str]:
         """Stage name -> execution provider actually running it."""
-
-    def process(self, frames: list[np.ndarray]) -> BatchOutput:
-        """Process BGR frames in place."""
-
-
-class AnonymizeProcessor:
-    """detect -> anonymize."""
-
-    def __init__(self, spec: PipelineSpec, detector: FaceDetector):
-        self.spec = spec
-        self.detector = detector
-        on_gpu = detector.model.provider == CUDA
-        self.batch_size = spec.batch_size or (GPU_BATCH if on_gpu else CPU_BATCH)
-
-    @property
-    def providers(self) -> dict[str, str]:
         return {"detect": self.detector.model.provider}
 
-    def process(self, frames: list[np.ndarray]) -> BatchOutput:
-        t0 = time.perf_counter()
-        detections = self.detector.detect(frames)
-        t1 = time.perf_counter()
-        for frame, found in zip(frames, detections):
-            anonymize_frame(frame, found.boxes, self.spec.anonymize)
-        t2 = time.perf_counter()
-        return BatchOutput(faces=[len(d) for d in detections], seconds={"detect": t1 - t0, "anonymize": t2 - t1})
+    def run(self) -> PipelineRun:
+        return PipelineRun(self._make_stages())
+
+    def warm_up(self) -> None:
+        """One frame through the stages: the first model calls are slow (allocation, kernels)."""
+        run = self.run()
+        run.process([FrameItem(0, 0, np.zeros((360, 640, 3), np.uint8))])
+        run.flush()
+
+
+def pipeline_context(spec: PipelineSpec) -> int:
+    """Frames of context a chunk of this pipeline decodes on each side."""
+    return 1 if spec.track else 0
 
 
 def build_processor(spec: PipelineSpec, threads: int = 0) -> Processor:
     """Load the models a pipeline needs and return its processor."""
     session = create_session(get_model(spec.detector), provider=spec.provider, threads=threads)
     detector = FaceDetector(session, detect_size=spec.detect_size, threshold=spec.threshold)
-    return AnonymizeProcessor(spec, detector)
+
+    def stages() -> list[Stage]:
+        chain: list[Stage] = [DetectStage(detector)]
+        if spec.track:
+            chain.append(TrackStage())
+        chain.append(AnonymizeStage(spec.anonymize))
+        return chain
+
+    return Processor(spec, detector, stages)

@@ -19,6 +19,7 @@ class PipelineSpec:
     anonymize: AnonymizeOptions = field(default_factory=AnonymizeOptions)
     batch_size: int = 0  # frames per detector call; 0 picks by provider
     provider: str = "auto"  # auto | cuda | cpu
+    track: bool = True  # link faces over frames; fill one-frame detection gaps
 
     def __post_init__(self) -> None:
         if self.name not in PIPELINES:
