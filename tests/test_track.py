@@ -87,7 +87,7 @@ def processor_dropping(frames, track=True):
     spec = PipelineSpec(track=track)
     base = build_processor(spec)
 
-    def stages():
+    def stages(chunk):
         chain = [DetectStage(base.detector), DropFaces(frames)]
         if track:
             chain.append(TrackStage())

@@ -2,7 +2,8 @@
 
 Decoding and encoding run in their own threads joined by bounded queues, so the
 processor (the GPU stages) is not left waiting while a frame is decoded or encoded.
-Nothing here knows about Ray.
+A chunk writes a video segment when its pipeline changes frames and a table of faces
+when it analyzes (either or both). Nothing here knows about Ray.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from facefleet.media.files import atomic_output
 from facefleet.media.image import read_image, write_image
 from facefleet.pipeline.faces import FrameItem
 from facefleet.pipeline.processor import Processor
+from facefleet.report.faces import write_face_table
 
 _END = object()
 QUEUE_TIMEOUT_S = 0.2
@@ -117,11 +120,14 @@ def _run_image(task: ChunkTask, processor: Processor) -> tuple[int, dict[str, fl
     t0 = time.perf_counter()
     image = read_image(task.input_uri)
     t1 = time.perf_counter()
-    run = processor.run()
+    run = processor.run(task.index)
     items = run.process([FrameItem(0, 0, image.bgr)]) + run.flush()
     t2 = time.perf_counter()
-    with atomic_output(Path(task.segment_uri)) as tmp:
-        write_image(image, tmp)
+    if task.segment_uri:
+        with atomic_output(Path(task.segment_uri)) as tmp:
+            write_image(image, tmp)
+    if task.table_uri:
+        write_face_table(run.rows, Path(task.table_uri))
     seconds = {"decode": t1 - t0, **run.seconds, "encode": time.perf_counter() - t2}
     return sum(len(item.faces) for item in items), seconds
 
@@ -129,11 +135,15 @@ def _run_image(task: ChunkTask, processor: Processor) -> tuple[int, dict[str, fl
 def _run_video(
     task: ChunkTask, processor: Processor, progress: Callable[[int], None], threads: int
 ) -> tuple[int, int, dict[str, float]]:
+    """Decode thread -> stages (this thread) -> encode thread (when the pipeline writes video).
+
+    Returns output frames, faces on them, and seconds per stage.
+    """
     depth = 2 * processor.batch_size
     decoded: queue.Queue = queue.Queue(maxsize=depth)
     processed: queue.Queue = queue.Queue(maxsize=depth)
     cancelled = threading.Event()
-    counts = {"decoded": 0, "encoded": 0}
+    done = {"frames": 0, "faces": 0}
 
     def decode() -> None:
         frames = decode_range(task.input_uri, task.decode_first_pts, task.decode_last_pts, task.seek_pts, threads=threads)
@@ -143,20 +153,24 @@ def _run_video(
             decoder.seconds += time.perf_counter() - t
             output = task.first_pts <= pts <= task.last_pts
             _put(decoded, FrameItem(first_index + i, pts, upright(image, task.rotation), output), cancelled)
-            counts["decoded"] += 1
             t = time.perf_counter()
         decoder.seconds += time.perf_counter() - t
         _put(decoded, _END, cancelled)
 
-    with atomic_output(Path(task.segment_uri)) as tmp:
-        encode = task.encode if task.encode.threads or not threads else replace(task.encode, threads=threads)
-        writer = SegmentWriter(tmp, task.width, task.height, task.time_base, task.rate, task.pix_fmt, encode, task.rotation)
+    with ExitStack() as files:
+        writer = None
+        if task.segment_uri:
+            tmp = files.enter_context(atomic_output(Path(task.segment_uri)))
+            encode_settings = task.encode if task.encode.threads or not threads else replace(task.encode, threads=threads)
+            writer = SegmentWriter(
+                tmp, task.width, task.height, task.time_base, task.rate, task.pix_fmt, encode_settings, task.rotation
+            )
 
         def encode() -> None:
             while (item := _get(processed, cancelled)) is not _END:
                 t = time.perf_counter()
                 writer.write(stored(item.image, task.rotation), item.pts)
-                counts["encoded"] += 1
+                done["frames"] += 1
                 encoder.seconds += time.perf_counter() - t
             t = time.perf_counter()
             writer.close()
@@ -164,51 +178,58 @@ def _run_video(
 
         decoder = _Stage("decode", decode, cancelled)
         encoder = _Stage("encode", encode, cancelled)
-        run = processor.run()
-        faces = 0
+        threads_started = [decoder] + ([encoder] if writer else [])
+        run = processor.run(task.index)
 
         def hand_over(items: list[FrameItem]) -> None:
-            nonlocal faces
             for item in items:
                 if item.output:
-                    faces += len(item.faces)
-                    _put(processed, item, cancelled)
+                    done["faces"] += len(item.faces)
+                    if writer:
+                        _put(processed, item, cancelled)
+                    else:
+                        done["frames"] += 1
 
-        decoder.start()
-        encoder.start()
+        for thread in threads_started:
+            thread.start()
         try:
             for batch in _batches(decoded, processor.batch_size, cancelled):
                 hand_over(run.process(batch))
-                progress(counts["encoded"])
+                progress(done["frames"])
             hand_over(run.flush())
-            _put(processed, _END, cancelled)
-            while encoder.is_alive():
-                encoder.join(timeout=QUEUE_TIMEOUT_S)
-                progress(counts["encoded"])
+            if writer:
+                _put(processed, _END, cancelled)
+                while encoder.is_alive():
+                    encoder.join(timeout=QUEUE_TIMEOUT_S)
+                    progress(done["frames"])
         except _Cancelled:
             pass
         except BaseException:
             cancelled.set()
             raise
         finally:
-            decoder.join()
-            encoder.join()
-            if cancelled.is_set() or encoder.error:
+            for thread in threads_started:
+                thread.join()
+            if writer and (cancelled.is_set() or encoder.error):
                 writer.abort()
-        for stage in (decoder, encoder):
+        for stage in threads_started:
             if stage.error is not None and not isinstance(stage.error, _Cancelled):
                 if isinstance(stage.error, FacefleetError):
                     raise stage.error
                 raise RuntimeError(f"{stage.name} failed: {stage.error!r}") from stage.error
-        if counts["encoded"] != task.frames:
+        if done["frames"] != task.frames:
             end = task.start + task.frames
             raise InputError(
                 task.input_uri,
-                f"frames {task.start}-{end - 1}: decoded {counts['encoded']} of {task.frames} (damaged or truncated video)",
+                f"frames {task.start}-{end - 1}: decoded {done['frames']} of {task.frames} (damaged or truncated video)",
             )
-    progress(counts["encoded"])
-    seconds = {"decode": decoder.seconds, **run.seconds, "encode": encoder.seconds}
-    return counts["encoded"], faces, seconds
+        if task.table_uri:
+            write_face_table(run.rows, Path(task.table_uri))
+    progress(done["frames"])
+    seconds = {"decode": decoder.seconds, **run.seconds}
+    if writer:
+        seconds["encode"] = encoder.seconds
+    return done["frames"], done["faces"], seconds
 
 
 def _batches(decoded: queue.Queue, size: int, cancelled: threading.Event) -> Iterator[list]:

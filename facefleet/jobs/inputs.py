@@ -16,24 +16,36 @@ def new_job_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def resolve_outputs(inputs: list[str], output: str | None, suffix: str = SUFFIX) -> list[tuple[str, str]]:
+def resolve_outputs(
+    inputs: list[str], output: str | None, suffix: str = SUFFIX, table: bool = False
+) -> list[tuple[str, str]]:
     """Pair every input with its output path.
 
     No OUTPUT: next to each input, named `<stem><suffix><ext>`. Several inputs, an
     existing directory, or a name ending in `/`: a directory, input names kept. Otherwise
-    OUTPUT is the file for the single input.
+    OUTPUT is the file for the single input. With `table` (a pipeline whose output is a
+    table of faces) the extension is .parquet and the default suffix `_faces`.
     """
     if not inputs:
         raise OutputError("no input given")
+
+    def ext(path: Path) -> str:
+        return ".parquet" if table else path.suffix
+
     if output is None:
-        pairs = [(i, str(Path(i).with_name(f"{Path(i).stem}{suffix}{Path(i).suffix}"))) for i in inputs]
+        tail = "_faces" if table else suffix
+        pairs = [(i, str(Path(i).with_name(f"{Path(i).stem}{tail}{ext(Path(i))}"))) for i in inputs]
     else:
         out = Path(output)
         as_dir = len(inputs) > 1 or out.is_dir() or output.endswith(("/", os.sep))
         if as_dir:
             if out.exists() and not out.is_dir():
                 raise OutputError(f"{output}: several inputs need OUTPUT to be a directory, and this is a file")
-            pairs = [(i, str(out / Path(i).name)) for i in inputs]
+            pairs = [(i, str(out / (Path(i).stem + ext(Path(i))))) for i in inputs]
+        elif table:
+            if out.suffix != ".parquet":
+                raise OutputError(f"{output}: the analyze pipeline writes a table of faces: name the output NAME.parquet")
+            pairs = [(inputs[0], output)]
         else:
             if is_image(inputs[0]) != is_image(output):
                 kind = "an image" if is_image(inputs[0]) else "a video"

@@ -8,6 +8,7 @@ fails alone: the other jobs go on.
 from __future__ import annotations
 
 import shutil
+from fractions import Fraction
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from facefleet.media.image import check_image
 from facefleet.media.plan import auto_chunk_frames, keyframe_at_or_before, plan_ranges
 from facefleet.media.probe import IMAGE_EXTENSIONS, VideoInfo, is_image, probe_video
 from facefleet.pipeline.processor import pipeline_context
+from facefleet.report.faces import merge_face_tables
 
 MAX_ATTEMPTS = 3  # tries per chunk when its worker dies
 POLL_S = 0.25
@@ -91,23 +93,47 @@ def plan_job(spec: JobSpec, slots: int = 1) -> PlannedJob:
     """Probe the input and cut it into chunk tasks (raises FacefleetError for bad input)."""
     output = Path(spec.output_uri)
     workdir = output.parent / f"{WORKDIR_PREFIX}{spec.job_id}"
+    video_out = spec.pipeline.writes_video
     if is_image(spec.input_uri):
         check_image(spec.input_uri)  # missing, empty or not an image: refuse it here, not in a worker
-        if output.suffix.lower() not in IMAGE_EXTENSIONS:
+        if video_out and output.suffix.lower() not in IMAGE_EXTENSIONS:
             raise FacefleetError(f"{output}: an image input needs an image output name (.jpg, .png, .webp)")
         task = ChunkTask(
             job_id=spec.job_id,
             index=0,
             kind="image",
             input_uri=spec.input_uri,
-            segment_uri=str(workdir / f"image{output.suffix.lower()}"),
+            segment_uri=str(workdir / f"image{output.suffix.lower()}") if video_out else "",
             pipeline=spec.pipeline,
             encode=spec.encode,
+            table_uri=str(workdir / "faces-00000.parquet") if spec.pipeline.writes_table else "",
         )
+        check_table_output(spec)
         return PlannedJob(spec, None, [task], workdir)
     info = probe_video(spec.input_uri)  # first: a bad input is the reason to give, not its output name
-    output_format(output)  # refuse an unknown container before any work
+    if video_out:
+        output_format(output)  # refuse an unknown container before any work
+    check_table_output(spec)
     return PlannedJob(spec, info, video_tasks(spec, info, workdir, slots), workdir)
+
+
+def table_outputs(spec: JobSpec) -> tuple[Path, Path]:
+    """Where the analyze step's faces and tracks tables go.
+
+    Analyze alone: OUTPUT is the faces table (NAME.parquet) and the tracks go beside it
+    (NAME.tracks.parquet). With a video step: NAME.faces.parquet and NAME.tracks.parquet
+    beside the video.
+    """
+    output = Path(spec.output_uri)
+    stem = output.with_suffix("")
+    if spec.pipeline.writes_video:
+        return stem.with_name(stem.name + ".faces.parquet"), stem.with_name(stem.name + ".tracks.parquet")
+    return output, stem.with_name(stem.name + ".tracks.parquet")
+
+
+def check_table_output(spec: JobSpec) -> None:
+    if spec.pipeline.writes_table and not spec.pipeline.writes_video and Path(spec.output_uri).suffix != ".parquet":
+        raise FacefleetError(f"{spec.output_uri}: the analyze pipeline writes a table: name the output NAME.parquet")
 
 
 def video_tasks(spec: JobSpec, info: VideoInfo, workdir: Path, slots: int) -> list[ChunkTask]:
@@ -126,7 +152,8 @@ def video_tasks(spec: JobSpec, info: VideoInfo, workdir: Path, slots: int) -> li
                 index=index,
                 kind="video",
                 input_uri=spec.input_uri,
-                segment_uri=str(workdir / f"chunk-{index:05d}.mp4"),
+                segment_uri=str(workdir / f"chunk-{index:05d}.mp4") if spec.pipeline.writes_video else "",
+                table_uri=str(workdir / f"faces-{index:05d}.parquet") if spec.pipeline.writes_table else "",
                 pipeline=spec.pipeline,
                 encode=spec.encode,
                 start=frame_range.start,
@@ -149,14 +176,27 @@ def video_tasks(spec: JobSpec, info: VideoInfo, workdir: Path, slots: int) -> li
 
 
 def finish_job(job: PlannedJob) -> None:
-    """Put the finished output in place: assemble segments, or move the image."""
+    """Put the finished outputs in place: the video (segments assembled) or image, and the
+    analyze tables."""
     output = Path(job.spec.output_uri)
-    if job.info is None:
-        publish(Path(job.tasks[0].segment_uri), output)
+    pipeline = job.spec.pipeline
+    tables: tuple[Path, ...] = ()
+    if pipeline.writes_table:
+        time_base = job.info.time_base if job.info else Fraction(1)
+        tables = table_outputs(job.spec)
+        merge_face_tables([Path(t.table_uri) for t in job.tasks], time_base, *tables)
+    if not pipeline.writes_video:
         return
-    segments = [Path(t.segment_uri) for t in job.tasks]
-    with atomic_output(output) as tmp:
-        assemble(job.info, segments, tmp)
+    try:
+        if job.info is None:
+            publish(Path(job.tasks[0].segment_uri), output)
+        else:
+            with atomic_output(output) as tmp:
+                assemble(job.info, [Path(t.segment_uri) for t in job.tasks], tmp)
+    except BaseException:
+        for table in tables:  # all of a job's outputs, or none
+            table.unlink(missing_ok=True)
+        raise
 
 
 def outcome_of(job: PlannedJob) -> JobOutcome:

@@ -32,7 +32,7 @@ class ChunkTask:
     index: int
     kind: str  # "video" or "image"
     input_uri: str
-    segment_uri: str  # where the worker writes this chunk's result
+    segment_uri: str  # where the worker writes this chunk's video segment or image ("": none)
     pipeline: PipelineSpec
     encode: EncodeSettings
     start: int = 0  # first frame index (for reports and messages)
@@ -49,6 +49,7 @@ class ChunkTask:
     rate: Fraction = Fraction(25)
     pix_fmt: str = "yuv420p"  # output pixel format
     rotation: int = 0
+    table_uri: str = ""  # where the worker writes this chunk's face rows (analyze), "" for none
 
     @property
     def key(self) -> tuple[str, int]:

@@ -14,6 +14,9 @@ import numpy as np
 
 from facefleet.models.manifest import get_model
 from facefleet.models.session import CUDA, create_session
+from facefleet.errors import ModelError
+from facefleet.pipeline.analyze import AnalyzeStage
+from facefleet.pipeline.debug import DebugStage
 from facefleet.pipeline.detect import FaceDetector
 from facefleet.pipeline.faces import FrameItem
 from facefleet.pipeline.spec import PipelineSpec
@@ -30,6 +33,11 @@ class PipelineRun:
     def __init__(self, stages: list[Stage]):
         self.stages = stages
         self.seconds: dict[str, float] = {stage.name: 0.0 for stage in stages}
+
+    @property
+    def rows(self) -> list[dict]:
+        """Face rows collected by an analyze step (empty without one)."""
+        return [row for stage in self.stages if isinstance(stage, AnalyzeStage) for row in stage.rows]
 
     def _through(self, index: int, stage: Stage, items: list[FrameItem], flush: bool) -> list[FrameItem]:
         t0 = time.perf_counter()
@@ -56,21 +64,21 @@ class PipelineRun:
 class Processor:
     """A pipeline's shared models and how to chain them; `run()` starts a chunk."""
 
-    def __init__(self, spec: PipelineSpec, detector: FaceDetector, make_stages: Callable[[], list[Stage]]):
+    def __init__(self, spec: PipelineSpec, detector: FaceDetector, make_stages: Callable[[int], list[Stage]]):
         self.spec = spec
         self.detector = detector
         self._make_stages = make_stages
         on_gpu = detector.model.provider == CUDA
         self.batch_size = spec.batch_size or (GPU_BATCH if on_gpu else CPU_BATCH)
-        self.context = max((stage.context for stage in make_stages()), default=0)
 
     @property
     def providers(self) -> dict[str, str]:
         """Stage name -> execution provider actually running it."""
         return {"detect": self.detector.model.provider}
 
-    def run(self) -> PipelineRun:
-        return PipelineRun(self._make_stages())
+    def run(self, chunk: int = 0) -> PipelineRun:
+        """Fresh stages for one chunk; track ids of chunk k start at k * TRACK_ID_STRIDE."""
+        return PipelineRun(self._make_stages(chunk))
 
     def warm_up(self) -> None:
         """One frame through the stages: the first model calls are slow (allocation, kernels)."""
@@ -84,16 +92,27 @@ def pipeline_context(spec: PipelineSpec) -> int:
     return 1 if spec.track else 0
 
 
+TRACK_ID_STRIDE = 1_000_000  # track ids of different chunks never collide
+
+
 def build_processor(spec: PipelineSpec, threads: int = 0) -> Processor:
     """Load the models a pipeline needs and return its processor."""
     session = create_session(get_model(spec.detector), provider=spec.provider, threads=threads)
     detector = FaceDetector(session, detect_size=spec.detect_size, threshold=spec.threshold)
+    if "enhance" in spec.steps:
+        raise ModelError("the enhance step needs a face enhancer model, which this version cannot load yet")
 
-    def stages() -> list[Stage]:
+    def stages(chunk: int) -> list[Stage]:
         chain: list[Stage] = [DetectStage(detector)]
         if spec.track:
-            chain.append(TrackStage())
-        chain.append(AnonymizeStage(spec.anonymize))
+            chain.append(TrackStage(first_id=chunk * TRACK_ID_STRIDE))
+        for step in spec.steps:
+            if step == "anonymize":
+                chain.append(AnonymizeStage(spec.anonymize))
+            elif step == "debug":
+                chain.append(DebugStage())
+            elif step == "analyze":
+                chain.append(AnalyzeStage())
         return chain
 
     return Processor(spec, detector, stages)

@@ -1,4 +1,4 @@
-"""What a worker runs: the pipeline and its options, as a value sent with every chunk."""
+"""What a worker runs: the pipeline steps and their options, as a value sent with every chunk."""
 
 from __future__ import annotations
 
@@ -6,13 +6,25 @@ from dataclasses import dataclass, field
 
 from facefleet.pipeline.anonymize import AnonymizeOptions
 
-PIPELINES = ("anonymize",)
+STEPS = ("anonymize", "enhance", "debug", "analyze")
+VIDEO_STEPS = ("anonymize", "enhance", "debug")  # steps that change the frames
 DETECTORS = ("centerface", "yunet")
+
+
+def parse_steps(text: str) -> tuple[str, ...]:
+    """`--pipeline enhance,debug` -> ("enhance", "debug"), checked."""
+    steps = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [s for s in steps if s not in STEPS]
+    if not steps or unknown:
+        raise ValueError(f"--pipeline takes steps from {', '.join(STEPS)}, comma-separated; got {text!r}")
+    if len(set(steps)) != len(steps):
+        raise ValueError(f"--pipeline names a step twice: {text!r}")
+    return steps
 
 
 @dataclass(frozen=True)
 class PipelineSpec:
-    name: str = "anonymize"
+    steps: tuple[str, ...] = ("anonymize",)
     detector: str = "centerface"
     detect_size: int = 640  # longer side of the detector input, pixels
     threshold: float = 0.5  # detection score threshold
@@ -22,8 +34,9 @@ class PipelineSpec:
     track: bool = True  # link faces over frames; fill one-frame detection gaps
 
     def __post_init__(self) -> None:
-        if self.name not in PIPELINES:
-            raise ValueError(f"unknown pipeline {self.name!r}; available: {', '.join(PIPELINES)}")
+        unknown = [s for s in self.steps if s not in STEPS]
+        if not self.steps or unknown:
+            raise ValueError(f"unknown pipeline step(s) {unknown or '(none)'}; available: {', '.join(STEPS)}")
         if self.detector not in DETECTORS:
             raise ValueError(f"--face-detector-model must be one of {', '.join(DETECTORS)}")
         if not 32 <= self.detect_size <= 4096:
@@ -32,3 +45,15 @@ class PipelineSpec:
             raise ValueError("--thresh must be between 0 and 1")
         if self.batch_size < 0:
             raise ValueError("--batch-size must be positive (0 picks one)")
+
+    @property
+    def name(self) -> str:
+        return ",".join(self.steps)
+
+    @property
+    def writes_video(self) -> bool:
+        return any(step in VIDEO_STEPS for step in self.steps)
+
+    @property
+    def writes_table(self) -> bool:
+        return "analyze" in self.steps
