@@ -61,7 +61,7 @@ def run(
     from facefleet.jobs.spec import JobSpec
     from facefleet.media.encode import PRESETS, EncodeSettings
     from facefleet.pipeline.anonymize import AnonymizeOptions
-    from facefleet.pipeline.spec import PipelineSpec
+    from facefleet.pipeline.spec import PipelineSpec, parse_steps
 
     if preset not in PRESETS:
         raise FacefleetError(f"--output-video-preset must be one of {', '.join(PRESETS)}")
@@ -71,7 +71,7 @@ def run(
         raise FacefleetError("--workers must be at least 1")
     try:
         spec = PipelineSpec(
-            name=pipeline,
+            steps=parse_steps(pipeline),
             detector=detector,
             detect_size=detect_size,
             threshold=thresh,
