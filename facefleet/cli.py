@@ -116,7 +116,7 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)  # returns typer.Exit's code instead of exiting
     except FacefleetError as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False)
+        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
