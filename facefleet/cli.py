@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -110,6 +111,113 @@ def run(
         print_summary(outcomes)  # before Ray's shutdown, which takes a second or two
     if not all(o.ok for o in outcomes):
         raise typer.Exit(1)
+
+
+models_app = typer.Typer(
+    no_args_is_help=True,
+    help="Model files: list, verify, import (files you downloaded), fetch (only when you ask).")
+app.add_typer(models_app, name="models")
+MODELS_DIR_HELP = "Models directory (default: $FACEFLEET_MODELS, else ~/.cache/facefleet/models)."
+
+
+@models_app.command("list")
+def models_list(
+    models_dir: Optional[Path] = typer.Option(None, "--models-dir", help=MODELS_DIR_HELP),
+) -> None:
+    """Every model facefleet knows: kind, whether its file is here, license, size."""
+    from rich.table import Table
+
+    from facefleet.models.store import ModelStore
+
+    store = ModelStore(models_dir)
+    table = Table(title=f"models (import and fetch write to {store.models_dir})")
+    table.add_column("name", no_wrap=True)
+    table.add_column("kind")
+    table.add_column("status")
+    table.add_column("license")
+    table.add_column("size", justify="right", no_wrap=True)
+    for row in store.list_models():
+        state = ("shipped" if row.path.parent == store.shipped_dir else "present") if row.path else "missing"
+        size = f"{row.size / 1e6:.1f} MB" if row.size is not None else "-"
+        terms = row.spec.license + ("" if row.spec.commercial_use else " *")
+        table.add_row(row.spec.name, row.spec.kind, state, terms, size)
+    out = Console()
+    out.print(table)
+    out.print("* not for commercial use. Get a missing model with `facefleet models fetch NAME` "
+              "or `facefleet models import PATH`.", highlight=False)
+
+
+@models_app.command("verify")
+def models_verify(
+    names: Optional[list[str]] = typer.Argument(None, metavar="[NAME]...", help="Models to check (default: all present)."),
+    models_dir: Optional[Path] = typer.Option(None, "--models-dir", help=MODELS_DIR_HELP),
+) -> None:
+    """Check the sha256 of model files against the manifest or the recorded import."""
+    from facefleet.models.store import ModelStore
+
+    checked_by = {"manifest": "the manifest", "lock": "the sha256 recorded at import"}
+    results = ModelStore(models_dir).verify(names)
+    for r in results:
+        if r.status == "ok":
+            typer.echo(f"ok       {r.name}  {r.path}  (matches {checked_by.get(r.verified_by or '', r.verified_by)})")
+        elif r.status == "bad":
+            typer.echo(f"BAD      {r.name}: {r.message}")
+        elif names:
+            typer.echo(f"missing  {r.name}: {r.message}")
+    missing = [r.name for r in results if r.status == "missing"]
+    if missing and not names:
+        typer.echo(f"not here ({len(missing)}): {', '.join(missing)}")
+    if any(r.status == "bad" for r in results) or (names and missing):
+        raise typer.Exit(1)
+
+
+@models_app.command("import")
+def models_import(
+    paths: list[Path] = typer.Argument(..., metavar="PATH...", help="Model files, or directories of them."),
+    models_dir: Optional[Path] = typer.Option(None, "--models-dir", help=MODELS_DIR_HELP),
+) -> None:
+    """Copy model files you downloaded (e.g. FaceFusion's .assets/models) in, checking them."""
+    from facefleet.models.store import ModelStore
+
+    results = ModelStore(models_dir).import_files(paths)
+    for r in results:
+        if r.status == "imported":
+            typer.echo(f"imported {r.name}  {r.path}  sha256 {r.sha256}")
+        elif r.status == "refused":
+            typer.echo(f"REFUSED  {r.source}: {r.message}")
+    unknown = [r.source.name for r in results if r.status == "unknown"]
+    if unknown:
+        typer.echo(f"skipped {len(unknown)} file(s) facefleet does not know: {', '.join(unknown)}")
+    if any(r.status == "refused" for r in results) or not any(r.status == "imported" for r in results):
+        raise typer.Exit(1)
+
+
+@models_app.command("fetch")
+def models_fetch(
+    names: list[str] = typer.Argument(..., metavar="NAME...", help="Models to download."),
+    url: Optional[str] = typer.Option(None, "--url", help="Download from this address instead (a mirror); one NAME only."),
+    models_dir: Optional[Path] = typer.Option(None, "--models-dir", help=MODELS_DIR_HELP),
+) -> None:
+    """Download models from their published address and check them (never done at run time)."""
+    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+    from facefleet.models.manifest import get_model, license_notice
+    from facefleet.models.store import ModelStore
+
+    if url and len(names) > 1:
+        raise FacefleetError("--url takes one model NAME")
+    for name in names:
+        get_model(name)  # unknown names fail before any download starts
+    store = ModelStore(models_dir)
+    for name in names:
+        with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), console=err) as bar:
+            task = bar.add_task(name, total=None)
+            model = store.fetch(name, url=url, progress=lambda done, total: bar.update(task, completed=done, total=total))
+        how = "matches the manifest" if model.verified_by == "manifest" else "recorded in the lock file"
+        typer.echo(f"fetched {model.spec.name}  {model.path}  sha256 {model.sha256} ({how})")
+        notice = license_notice(model.spec)
+        if notice:
+            typer.echo(notice)
 
 
 def main() -> None:

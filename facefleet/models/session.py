@@ -1,7 +1,9 @@
 """onnxruntime session factory: verified model bytes, provider choice, provider check.
 
 onnxruntime falls back to the CPU silently when CUDA cannot start, so the provider
-actually in use is read back from the session after creating it and reported.
+actually in use is read back from the session after creating it and reported. The
+session's inputs are compared with the model's manifest entry, so a file that is some
+other model is refused at load instead of producing nonsense.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from facefleet.errors import ModelError
-from facefleet.models.manifest import ModelSpec, model_path
+from facefleet.models.manifest import LAYOUT_RANK, ModelSpec, license_notice
+from facefleet.models.store import ModelStore, ResolvedModel
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -28,10 +31,22 @@ class ModelSession:
     session: Any  # onnxruntime.InferenceSession
     provider: str  # provider actually in use, e.g. "CUDAExecutionProvider"
     requested: str  # provider that was asked for
+    path: Path | None = None  # the file it was loaded from
+    sha256: str | None = None  # of the bytes loaded
+    verified_by: str = "manifest"  # "manifest" | "lock" | "trusted": record it in reports
 
     @property
     def fell_back(self) -> bool:
         return self.provider != self.requested
+
+    @property
+    def trusted(self) -> bool:
+        return self.verified_by == "trusted"
+
+    @property
+    def license_notice(self) -> str | None:
+        """One line for the caller to print when the model is not for commercial use."""
+        return license_notice(self.spec)
 
     def run(self, feeds: dict[str, Any]) -> list[Any]:
         return self.session.run(None, feeds)
@@ -125,21 +140,83 @@ def _preload_cuda_libraries() -> None:
             pass
 
 
+def expected_signature(spec: ModelSpec) -> list[tuple[str, list[int | str]]]:
+    """The inputs a model's manifest entry promises: (name, dims), "?" where any size goes."""
+    rank = LAYOUT_RANK.get(spec.layout)
+    if rank is None:
+        raise ModelError(f"model {spec.name}: unknown layout {spec.layout!r} in the manifest")
+    dims: list[int | str] = ["?"] * rank
+    if spec.layout in ("NCHW", "NHWC"):
+        width, height = spec.input_size or ("?", "?")
+        dims = ["?", 3, height, width] if spec.layout == "NCHW" else ["?", height, width, 3]
+    return [(spec.input_name, dims)] + [(name, ["?"]) for name, _ in spec.extra_inputs]
+
+
+def session_signature(session: Any) -> list[tuple[str, list[int | str]]]:
+    """The inputs an onnxruntime session takes: (name, dims), symbolic dims as "?"."""
+    return [(i.name, [d if isinstance(d, int) else "?" for d in i.shape]) for i in session.get_inputs()]
+
+
+def format_signature(signature: list[tuple[str, list[int | str]]]) -> str:
+    return ", ".join(f"{name}[{','.join(str(d) for d in dims)}]" for name, dims in signature)
+
+
+def signature_matches(spec: ModelSpec, actual: list[tuple[str, list[int | str]]]) -> bool:
+    """Same input names; for the main input the same rank and the same fixed dims."""
+    expected = expected_signature(spec)
+    if sorted(name for name, _ in actual) != sorted(name for name, _ in expected):
+        return False
+    want = expected[0][1]
+    have = dict(actual)[spec.input_name]
+    if len(have) != len(want):
+        return False
+    return all(not (isinstance(w, int) and isinstance(h, int) and w != h) for w, h in zip(want, have))
+
+
+def check_signature(spec: ModelSpec, session: Any, path: Path | None = None) -> None:
+    actual = session_signature(session)
+    if not signature_matches(spec, actual):
+        where = f" at {path}" if path else ""
+        raise ModelError(
+            f"model {spec.name}{where} does not match its manifest entry: expected inputs "
+            f"{format_signature(expected_signature(spec))}, the file has {format_signature(actual)}; "
+            "it is a different model or export: refused"
+        )
+
+
+def _resolve(
+    model: ModelSpec | ResolvedModel, path: Path | None, store: ModelStore | None
+) -> ResolvedModel:
+    if isinstance(model, ResolvedModel):
+        return model
+    store = store or ModelStore()
+    if path is not None:
+        return store.resolve(Path(path), spec=model)
+    return store.locate(model)
+
+
 def create_session(
-    spec: ModelSpec,
+    spec: ModelSpec | ResolvedModel,
     provider: str = "auto",
     threads: int = 0,
     path: Path | None = None,
+    store: ModelStore | None = None,
 ) -> ModelSession:
-    """Load a model for inference and report the provider that actually runs it."""
+    """Load a model for inference and report the provider that actually runs it.
+
+    `spec` is a manifest entry (its file is found and checked by `store`, by default the
+    user's models directories and the shipped weights; `path` names a file instead) or a
+    ResolvedModel from `ModelStore.resolve` (e.g. a trusted custom file). The bytes loaded
+    are checked against the sha256 the file was accepted with.
+    """
     import onnxruntime as ort
 
     requested = choose_provider(provider)
-    if spec.sha256 is None:
-        raise ModelError(f"model {spec.name} has no pinned sha256; it must be loaded through the model store")
-    data = read_verified(path or model_path(spec), spec.sha256)
-    if spec.make_dynamic:
-        data = free_dims(data, spec.make_dynamic)
+    model = _resolve(spec, path, store)
+    entry = model.spec
+    data = read_verified(model.path, model.sha256)
+    if entry.make_dynamic:
+        data = free_dims(data, entry.make_dynamic)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -157,5 +234,15 @@ def create_session(
     try:
         session = ort.InferenceSession(data, sess_options=options, providers=providers)
     except Exception as exc:
-        raise ModelError(f"onnxruntime cannot load model {spec.name}: {exc}") from None
-    return ModelSession(spec=spec, session=session, provider=session.get_providers()[0], requested=requested)
+        reason = " ".join(str(exc).split())  # one line
+        raise ModelError(f"onnxruntime cannot load model {entry.name} from {model.path}: {reason}") from None
+    check_signature(entry, session, model.path)
+    return ModelSession(
+        spec=entry,
+        session=session,
+        provider=session.get_providers()[0],
+        requested=requested,
+        path=model.path,
+        sha256=model.sha256,
+        verified_by=model.verified_by,
+    )
