@@ -137,6 +137,7 @@ _FACEFUSION = (
         # Crop: the box scaled so its longer side is 195 px, centred in 256 x 256 (no template).
         input_size=(256, 256),
         decoder="2dfan4",  # outputs: landmarks [B, 68, 3] in 64x64 heatmap units, heatmaps [B, 68, 64, 64]
+        output_names=("landmarks_xyscore", "heatmaps"),
         url=_ff("models-3.0.0", "2dfan4.onnx"),
     ),
     ModelSpec(
@@ -285,6 +286,7 @@ _SHIPPED = (
         channels="RGB",
         scale=1 / 255,
         input_size=(192, 192),  # a face crop of about 1.5 x the box
+        make_dynamic=("batch",),  # the graph runs batched (checked) but pins batch 1
         shipped=True,
         decoder="facemesh",  # 468 x (x, y, z) in crop pixels; presence logit
         output_names=("conv2d_20", "conv2d_30"),
@@ -302,6 +304,7 @@ _SHIPPED = (
         mean=(0.5, 0.5, 0.5),
         std=(0.5, 0.5, 0.5),  # [-1, 1]
         input_size=(128, 128),
+        make_dynamic=("batch",),  # runs batched; the outputs fold the batch (the decoder unfolds it)
         shipped=True,
         decoder="blazeface",  # 896 SSD anchors at strides 8/16: regressors [1,896,16], scores [1,896,1]
         output_names=("regressors", "classificators"),
