@@ -35,16 +35,35 @@ def version() -> None:
 def run(
     inputs: list[str] = typer.Argument(..., metavar="INPUT...", help="Video or image files."),
     output: Optional[str] = typer.Option(
-        None, "-o", "--output", help="Output file (one input) or directory (several). Default: INPUT_anonymized.EXT."
+        None,
+        "-o",
+        "--output",
+        help="Output file (one input) or directory (several). Default: INPUT_anonymized.EXT (INPUT_faces.parquet for analyze).",
     ),
-    pipeline: str = typer.Option("anonymize", "--pipeline", help="Pipeline to run."),
+    pipeline: str = typer.Option(
+        "anonymize", "--pipeline", help="Steps, comma-separated: anonymize, enhance, debug, analyze (e.g. enhance,debug)."
+    ),
     replacewith: str = typer.Option("blur", "--replacewith", help="blur | solid | mosaic | none."),
     mask_scale: float = typer.Option(1.3, "--mask-scale", help="Grow each face box by this factor before masking."),
     thresh: float = typer.Option(0.5, "--thresh", help="Detection score threshold."),
     boxes: bool = typer.Option(False, "--boxes", help="Mask whole boxes instead of ellipses."),
     mosaicsize: int = typer.Option(20, "--mosaicsize", help="Mosaic block size in pixels."),
-    detector: str = typer.Option("centerface", "--face-detector-model", help="centerface | yunet."),
+    detector: str = typer.Option("centerface", "--face-detector-model", help="A detector from `facefleet models list`."),
     detect_size: int = typer.Option(640, "--detect-size", help="Longer side of the detector input, pixels."),
+    angles: str = typer.Option("0", "--face-detector-angles", help="Also detect on frames turned by these angles, e.g. 0,90,270."),
+    track: bool = typer.Option(True, "--track/--no-track", help="Link faces over frames and fill one-frame detection gaps."),
+    landmarker: Optional[str] = typer.Option(None, "--face-landmarker-model", help="facemesh_468 or 2dfan4: dense landmarks."),
+    recognizer: Optional[str] = typer.Option(None, "--face-recognizer-model", help="arcface_w600k_r50: embeddings in analyze."),
+    enhancer: str = typer.Option("gfpgan_1.4", "--face-enhancer-model", help="Enhancer of the enhance step."),
+    blend: int = typer.Option(80, "--face-enhancer-blend", help="Percent of the enhanced face over the original."),
+    weight: Optional[float] = typer.Option(None, "--face-enhancer-weight", help="CodeFormer's fidelity weight, 0-1."),
+    mask_blur: float = typer.Option(0.3, "--face-mask-blur", help="Enhancer mask blur, fraction of the face crop."),
+    mask_padding: str = typer.Option("0,0,0,0", "--face-mask-padding", help="Enhancer mask padding, percent: top,right,bottom,left."),
+    reference: Optional[str] = typer.Option(None, "--reference-face", help="Image of the one face to act on; others are left alone."),
+    reference_distance: float = typer.Option(0.3, "--reference-face-distance", help="Faces closer than this to the reference count as it."),
+    reference_position: int = typer.Option(0, "--reference-face-position", help="Which face of the reference image, largest first."),
+    models_dir: Optional[str] = typer.Option(None, "--models-dir", help="Look for model files here first."),
+    trust_model: list[str] = typer.Option([], "--trust-model", help="NAME=PATH: load PATH as model NAME without a checksum."),
     chunk_frames: int = typer.Option(
         0, "--chunk-frames", help="Frames per chunk; 0 sizes chunks to the workers (30 to 300 frames)."
     ),
@@ -53,12 +72,14 @@ def run(
     gpu_share: float = typer.Option(1.0, "--gpu-share", help="GPU fraction per worker; 0.25 runs 4 workers per GPU."),
     address: Optional[str] = typer.Option(None, "--address", help="Join this Ray cluster instead of starting one."),
     providers: str = typer.Option("auto", "--execution-providers", help="auto | cuda | cpu."),
-    batch_size: int = typer.Option(0, "--batch-size", help="Frames per detector call (0: 16 on GPU, 4 on CPU)."),
+    batch_size: int = typer.Option(0, "--batch-size", help="Frames per detector call (0: 16 on GPU, 1 on CPU)."),
     quality: int = typer.Option(65, "--output-video-quality", help="0-100; 65 is x264 CRF 18, 100 is lossless."),
     preset: str = typer.Option("veryfast", "--output-video-preset", help="x264 preset."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """Anonymize faces in videos and images on an embedded or existing Ray cluster."""
+    """Anonymize, enhance, debug or analyze faces in videos and images on Ray."""
+    from facefleet.jobs.inputs import new_job_id, resolve_outputs
+    from facefleet.jobs.session import PoolOptions, run_specs
     from facefleet.jobs.spec import JobSpec
     from facefleet.media.encode import PRESETS, EncodeSettings
     from facefleet.pipeline.anonymize import AnonymizeOptions
@@ -76,41 +97,54 @@ def run(
             detector=detector,
             detect_size=detect_size,
             threshold=thresh,
+            detector_angles=_numbers("--face-detector-angles", angles, int),
             anonymize=AnonymizeOptions(replacewith=replacewith, mask_scale=mask_scale, boxes=boxes, mosaic_size=mosaicsize),
             batch_size=batch_size,
             provider=providers,
+            track=track,
+            landmarker=landmarker,
+            recognizer=recognizer,
+            enhancer=enhancer,
+            enhancer_blend=blend,
+            enhancer_weight=weight,
+            mask_blur=mask_blur,
+            mask_padding=_numbers("--face-mask-padding", mask_padding, float, count=4),
+            reference_face=str(Path(reference).resolve()) if reference else None,
+            reference_distance=reference_distance,
+            reference_position=reference_position,
+            models_dir=models_dir,
+            trusted=tuple(_pair("--trust-model", item) for item in trust_model),
         )
         encode = EncodeSettings(quality=quality, preset=preset)
         encode.crf  # validates the quality range
     except ValueError as exc:
         raise FacefleetError(str(exc)) from None
-
-    from facefleet.cluster.pool import WorkerPool, plan_pool
-    from facefleet.cluster.runtime import ray_session
-    from facefleet.jobs.inputs import new_job_id, resolve_outputs
-    from facefleet.jobs.runner import JobOutcome, plan_jobs, run_planned
-    from facefleet.report.console import RichProgress, print_summary
-
-    pairs = resolve_outputs(inputs, output)
+    if reference and not Path(reference).is_file():
+        raise FacefleetError(f"--reference-face {reference}: file not found")
+    table_only = spec.writes_table and not spec.writes_video
+    pairs = resolve_outputs(inputs, output, table=table_only)
     specs = [JobSpec(new_job_id(), i, o, pipeline=spec, encode=encode, chunk_frames=chunk_frames) for i, o in pairs]
-    planned = plan_jobs(specs)  # bad inputs are refused here, before Ray starts
-    if all(isinstance(p, JobOutcome) for p in planned):
-        print_summary(planned)
-        raise typer.Exit(1)
-    with ray_session(address) as cluster:
-        plan = plan_pool(cluster, workers, chunks_per_worker, gpu_share)
-        where = "embedded Ray (127.0.0.1)" if cluster.embedded else f"Ray at {address or 'the current session'}"
-        kind = f"{plan.workers} GPU worker(s)" if plan.gpus_per_worker else f"{plan.workers} CPU worker(s)"
-        err.print(f"{where}: {cluster.nodes} node(s), {cluster.cpus} CPUs, {cluster.gpus} GPUs; {kind}", highlight=False)
-        pool = WorkerPool(plan, spec)
-        try:
-            with RichProgress(err, enabled=not quiet) as progress:
-                outcomes = run_planned(planned, pool, progress)
-        finally:
-            pool.shutdown()
-        print_summary(outcomes)  # before Ray's shutdown, which takes a second or two
+    pool = PoolOptions(workers=workers, chunks_per_worker=chunks_per_worker, gpu_share=gpu_share)
+    outcomes = run_specs(specs, address, pool, err, progress=not quiet)
     if not all(o.ok for o in outcomes):
         raise typer.Exit(1)
+
+
+def _numbers(option: str, text: str, kind, count: int | None = None) -> tuple:
+    try:
+        values = tuple(kind(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"{option} takes comma-separated numbers; got {text!r}") from None
+    if count is not None and len(values) != count:
+        raise ValueError(f"{option} takes {count} comma-separated numbers; got {text!r}")
+    return values
+
+
+def _pair(option: str, text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise ValueError(f"{option} takes NAME=PATH; got {text!r}")
+    return name, str(Path(path).expanduser().resolve())
 
 
 models_app = typer.Typer(

@@ -48,3 +48,38 @@ def test_unreachable_cluster_address_fails_fast(tmp_path, data_dir):
     proc = run_cli("run", str(data_dir / "obama.jpg"), "-o", str(tmp_path / "x.jpg"), "--address", "127.0.0.1:1")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error: cannot reach the Ray cluster at 127.0.0.1:1: Connection refused"]
+
+
+def test_analyze_pipeline_writes_parquet_tables(sample_factory, tmp_path):
+    video, _ = sample_factory(SampleSpec(width=320, height=180, frames=20), name="to analyze.mp4")
+    proc = run_cli("run", str(video), "-o", str(tmp_path) + "/", "--pipeline", "analyze", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(tmp_path)) == ["to analyze.parquet", "to analyze.tracks.parquet"]
+
+
+def test_enhance_with_a_trusted_signature_compatible_test_model(sample_factory, tmp_path):
+    from fakes import enhancer_model
+
+    model = enhancer_model(tmp_path / "test_enhancer.onnx", mode="invert")
+    video, _ = sample_factory(SampleSpec(width=320, height=180, frames=20), name="to enhance.mp4")
+    out = tmp_path / "enhanced.mp4"
+    proc = run_cli("run", str(video), "-o", str(out), "--pipeline", "enhance,debug", "-q", "--trust-model", f"gfpgan_1.4={model}")
+    assert proc.returncode == 0, proc.stderr
+    assert "without a checksum check (--trust-model)" in proc.stderr
+    with av.open(str(out)) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 20
+
+
+def test_missing_model_is_refused_before_ray_starts(data_dir, tmp_path):
+    env_home = {"HOME": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "facefleet", "run", str(data_dir / "obama.jpg"), "-o", str(tmp_path / "x.jpg"),
+         "--pipeline", "enhance", "--face-enhancer-model", "codeformer"],
+        capture_output=True, text=True, env={**os.environ, **env_home, "FACEFLEET_MODELS": ""}, timeout=120,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert "not for commercial use" in lines[0]
+    assert lines[-1].startswith("error: model codeformer (codeformer.onnx) not found")
+    assert "facefleet models fetch codeformer" in lines[-1]
+    assert "embedded Ray" not in proc.stderr

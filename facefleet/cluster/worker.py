@@ -19,6 +19,7 @@ import ray
 
 from facefleet.cluster.chunk import run_chunk
 from facefleet.jobs.spec import ChunkResult, ChunkTask, WorkerInfo
+from facefleet.media.image import read_image
 from facefleet.pipeline.processor import Processor, build_processor
 from facefleet.pipeline.spec import PipelineSpec
 
@@ -38,7 +39,8 @@ class GpuWorker:
     def _processor(self, spec: PipelineSpec) -> Processor:
         with self._lock:
             if spec not in self._processors:
-                processor = build_processor(spec, threads=self.threads)
+                reference = read_image(spec.reference_face).bgr if spec.reference_face else None
+                processor = build_processor(spec, threads=self.threads, reference_image=reference)
                 processor.warm_up()
                 self._processors[spec] = processor
             return self._processors[spec]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from facefleet.pipeline.faces import FrameItem
 
 COLUMNS = (
-    "frame", "pts", "context", "track", "x1", "y1", "x2", "y2", "score", "interpolated",
+    "frame", "pts", "context", "track", "x1", "y1", "x2", "y2", "score", "interpolated", "selected",
     "landmarks5", "landmarks", "landmark_score", "embedding",
 )
 
@@ -28,6 +28,7 @@ def face_rows(items: list[FrameItem]) -> list[dict]:
                     "y2": float(face.box[3]),
                     "score": float(face.score),
                     "interpolated": face.interpolated,
+                    "selected": face.selected,
                     "landmarks5": [float(v) for v in face.landmarks5.reshape(-1)],
                     "landmarks": None if face.landmarks is None else [float(v) for v in face.landmarks.reshape(-1)],
                     "landmark_score": face.landmark_score,

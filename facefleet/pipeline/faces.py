@@ -17,6 +17,7 @@ class Face:
     landmarks: np.ndarray | None = None  # dense landmarks (468 or 68 points), frame pixels
     landmark_score: float | None = None
     embedding: np.ndarray | None = None
+    selected: bool = True  # False: not the reference face, left alone by anonymize and enhance
 
 
 @dataclass

@@ -12,15 +12,26 @@ from collections.abc import Callable
 
 import numpy as np
 
-from facefleet.models.manifest import get_model
-from facefleet.models.session import CUDA, create_session
 from facefleet.errors import ModelError
+from facefleet.models.manifest import get_model
+from facefleet.models.session import CUDA, ModelSession, create_session
+from facefleet.models.store import ModelStore, ResolvedModel
 from facefleet.pipeline.analyze import AnalyzeStage
 from facefleet.pipeline.debug import DebugStage
 from facefleet.pipeline.detect import FaceDetector
+from facefleet.pipeline.embed import Recognizer, reference_embedding
+from facefleet.pipeline.enhance import Enhancer
 from facefleet.pipeline.faces import FrameItem
+from facefleet.pipeline.landmarks import FaceMesh, Landmarker68, refine_five
 from facefleet.pipeline.spec import PipelineSpec
-from facefleet.pipeline.stages import AnonymizeStage, DetectStage, Stage
+from facefleet.pipeline.stages import (
+    AnonymizeStage,
+    DetectStage,
+    EmbedStage,
+    EnhanceStage,
+    LandmarkStage,
+    Stage,
+)
 from facefleet.pipeline.track import TrackStage
 
 GPU_BATCH = 16
@@ -64,17 +75,29 @@ class PipelineRun:
 class Processor:
     """A pipeline's shared models and how to chain them; `run()` starts a chunk."""
 
-    def __init__(self, spec: PipelineSpec, detector: FaceDetector, make_stages: Callable[[int], list[Stage]]):
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        detector: FaceDetector,
+        make_stages: Callable[[int], list[Stage]],
+        sessions: dict[str, ModelSession] | None = None,
+    ):
         self.spec = spec
         self.detector = detector
         self._make_stages = make_stages
+        self.sessions = sessions or {"detect": detector.model}
         on_gpu = detector.model.provider == CUDA
         self.batch_size = spec.batch_size or (GPU_BATCH if on_gpu else CPU_BATCH)
 
     @property
     def providers(self) -> dict[str, str]:
         """Stage name -> execution provider actually running it."""
-        return {"detect": self.detector.model.provider}
+        return {stage: session.provider for stage, session in self.sessions.items()}
+
+    @property
+    def checks(self) -> dict[str, str]:
+        """Model name -> what vouched for its file: manifest, lock or trusted."""
+        return {s.spec.name: getattr(s, "verified_by", "manifest") for s in self.sessions.values()}
 
     def run(self, chunk: int = 0) -> PipelineRun:
         """Fresh stages for one chunk; track ids of chunk k start at k * TRACK_ID_STRIDE."""
@@ -95,24 +118,96 @@ def pipeline_context(spec: PipelineSpec) -> int:
 TRACK_ID_STRIDE = 1_000_000  # track ids of different chunks never collide
 
 
-def build_processor(spec: PipelineSpec, threads: int = 0) -> Processor:
-    """Load the models a pipeline needs and return its processor."""
-    session = create_session(get_model(spec.detector), provider=spec.provider, threads=threads)
-    detector = FaceDetector(session, detect_size=spec.detect_size, threshold=spec.threshold)
+class ModelLoader:
+    """Sessions for a pipeline's models: found and checked by the model store, or the
+    files the user trusts (`--trust-model NAME=PATH`)."""
+
+    def __init__(self, spec: PipelineSpec, threads: int = 0):
+        self.spec = spec
+        self.threads = threads
+        self.store = ModelStore(spec.models_dir)
+        self.trusted = dict(spec.trusted)
+
+    def resolve(self, name: str) -> ResolvedModel:
+        """The model's file, found and checked (or trusted)."""
+        model = get_model(name)
+        if name in self.trusted:
+            return self.store.resolve(self.trusted[name], trust=True, spec=model)
+        return self.store.locate(model)
+
+    def session(self, name: str) -> ModelSession:
+        return create_session(self.resolve(name), provider=self.spec.provider, threads=self.threads)
+
+
+def landmarker_for(session: ModelSession):
+    decoder = session.spec.decoder
+    if decoder == "facemesh":
+        return FaceMesh(session)
+    if decoder == "2dfan4":
+        return Landmarker68(session)
+    raise ModelError(f"{session.spec.name} is not a face-crop landmarker facefleet can run (use facemesh_468 or 2dfan4)")
+
+
+def reference_of(
+    spec: PipelineSpec, image: np.ndarray, detector: FaceDetector, landmarker, recognizer: Recognizer
+) -> np.ndarray:
+    """The embedding of the reference image's chosen face."""
+    found = detector.detect([image])[0]
+    five = found.landmarks
+    if landmarker is not None and len(found):
+        dense = landmarker.landmarks([image], [found])[0]
+        five = refine_five(dense.points, dense.scores, five=found.landmarks)
+    return reference_embedding(recognizer, image, five, found.boxes, spec.reference_position)
+
+
+def build_processor(spec: PipelineSpec, threads: int = 0, reference_image: np.ndarray | None = None) -> Processor:
+    """Load the models a pipeline needs and return its processor.
+
+    `reference_image` (BGR) is the picture `spec.reference_face` names, read by the caller.
+    """
+    loader = ModelLoader(spec, threads)
+    sessions = {"detect": loader.session(spec.detector)}
+    detector = FaceDetector(
+        sessions["detect"], detect_size=spec.detect_size, threshold=spec.threshold, angles=spec.detector_angles
+    )
+    landmarker = recognizer = enhancer = reference = None
+    if spec.landmarker:
+        sessions["landmarks"] = loader.session(spec.landmarker)
+        landmarker = landmarker_for(sessions["landmarks"])
+    if spec.recognizer_model:
+        sessions["embed"] = loader.session(spec.recognizer_model)
+        recognizer = Recognizer(sessions["embed"])
+        if spec.reference_face:
+            if reference_image is None:
+                raise ValueError("a pipeline with a reference face needs the reference image")
+            reference = reference_of(spec, reference_image, detector, landmarker, recognizer)
     if "enhance" in spec.steps:
-        raise ModelError("the enhance step needs a face enhancer model, which this version cannot load yet")
+        sessions["enhance"] = loader.session(spec.enhancer)
+        enhancer = Enhancer(
+            sessions["enhance"],
+            blend=spec.enhancer_blend,
+            mask_blur=spec.mask_blur,
+            mask_padding=spec.mask_padding,
+            weight=spec.enhancer_weight,
+        )
 
     def stages(chunk: int) -> list[Stage]:
         chain: list[Stage] = [DetectStage(detector)]
         if spec.track:
             chain.append(TrackStage(first_id=chunk * TRACK_ID_STRIDE))
+        if landmarker is not None:
+            chain.append(LandmarkStage(landmarker))
+        if recognizer is not None:
+            chain.append(EmbedStage(recognizer, reference, spec.reference_distance))
         for step in spec.steps:
             if step == "anonymize":
                 chain.append(AnonymizeStage(spec.anonymize))
+            elif step == "enhance":
+                chain.append(EnhanceStage(enhancer))
             elif step == "debug":
                 chain.append(DebugStage())
             elif step == "analyze":
                 chain.append(AnalyzeStage())
         return chain
 
-    return Processor(spec, detector, stages)
+    return Processor(spec, detector, stages, sessions)

@@ -6,7 +6,7 @@ frame they both saw, drops the context rows and adds times in seconds.
 
 Columns of `faces` (stable; documented in the README):
 frame int64, pts int64 (stream time base), time_s float64, track int64, x1 y1 x2 y2 float32,
-score float32, interpolated bool, landmarks5 list<float32> (10: x,y of eyes, nose, mouth
+score float32, interpolated bool, selected bool (false: not the reference face), landmarks5 list<float32> (10: x,y of eyes, nose, mouth
 corners), landmarks list<float32> (dense x,y[,z] or null), landmark_score float32 (null),
 embedding list<float32> (null).
 Columns of `tracks`: track, first_frame, last_frame, frames, interpolated_frames,
@@ -38,6 +38,7 @@ PART_SCHEMA = pa.schema(
         ("y2", pa.float32()),
         ("score", pa.float32()),
         ("interpolated", pa.bool_()),
+        ("selected", pa.bool_()),
         ("landmarks5", pa.list_(pa.float32())),
         ("landmarks", pa.list_(pa.float32())),
         ("landmark_score", pa.float32()),

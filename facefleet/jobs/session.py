@@ -1,0 +1,75 @@
+"""One `facefleet run`: plan the jobs, start or join Ray, run them, print the summary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rich.console import Console
+
+from facefleet.jobs.runner import JobOutcome, plan_jobs, run_planned
+from facefleet.jobs.spec import JobSpec
+from facefleet.models.manifest import get_model, license_notice
+from facefleet.report.console import RichProgress, print_summary
+
+
+@dataclass(frozen=True)
+class PoolOptions:
+    workers: int | None = None
+    chunks_per_worker: int = 2
+    gpu_share: float = 1.0
+
+
+def model_notices(specs: list[JobSpec]) -> list[str]:
+    """One line per non-commercial model and per trusted (unchecked) model file used."""
+    lines: list[str] = []
+    for pipeline in {spec.pipeline for spec in specs}:
+        for name in pipeline.models:
+            notice = license_notice(get_model(name))
+            if notice and notice not in lines:
+                lines.append(notice)
+        for name, path in pipeline.trusted:
+            line = f"note: model {name} is loaded from {path} without a checksum check (--trust-model)"
+            if line not in lines:
+                lines.append(line)
+    return lines
+
+
+def check_models(specs: list[JobSpec]) -> None:
+    """Find and check every model file the jobs need (raises ModelError)."""
+    from facefleet.pipeline.processor import ModelLoader
+
+    for pipeline in {spec.pipeline for spec in specs}:
+        loader = ModelLoader(pipeline)
+        for name in pipeline.models:
+            loader.resolve(name)
+
+
+def run_specs(
+    specs: list[JobSpec], address: str | None, options: PoolOptions, console: Console, progress: bool = True
+) -> list[JobOutcome]:
+    """Run every job; bad inputs are refused before Ray starts, and when all are bad Ray
+    does not start at all."""
+    from facefleet.cluster.pool import WorkerPool, plan_pool
+    from facefleet.cluster.runtime import ray_session
+
+    for line in model_notices(specs):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    if address is None:  # the models are on this machine: refuse a missing or bad one before Ray starts
+        check_models(specs)
+    planned = plan_jobs(specs)
+    if all(isinstance(p, JobOutcome) for p in planned):
+        print_summary(planned)
+        return planned
+    with ray_session(address) as cluster:
+        plan = plan_pool(cluster, options.workers, options.chunks_per_worker, options.gpu_share)
+        where = "embedded Ray (127.0.0.1)" if cluster.embedded else f"Ray at {address or 'the current session'}"
+        kind = f"{plan.workers} GPU worker(s)" if plan.gpus_per_worker else f"{plan.workers} CPU worker(s)"
+        console.print(f"{where}: {cluster.nodes} node(s), {cluster.cpus} CPUs, {cluster.gpus} GPUs; {kind}", highlight=False)
+        pool = WorkerPool(plan, specs[0].pipeline)
+        try:
+            with RichProgress(console, enabled=progress) as bars:
+                outcomes = run_planned(planned, pool, bars)
+        finally:
+            pool.shutdown()
+        print_summary(outcomes)  # before Ray's shutdown, which takes a second or two
+    return outcomes
