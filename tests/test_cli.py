@@ -66,6 +66,7 @@ def test_enhance_with_a_trusted_signature_compatible_test_model(sample_factory, 
     proc = run_cli("run", str(video), "-o", str(out), "--pipeline", "enhance,debug", "-q", "--trust-model", f"gfpgan_1.4={model}")
     assert proc.returncode == 0, proc.stderr
     assert "without a checksum check (--trust-model)" in proc.stderr
+    assert "trusted (unchecked) model: gfpgan_1.4" in proc.stdout
     with av.open(str(out)) as c:
         assert sum(1 for _ in c.decode(video=0)) == 20
 

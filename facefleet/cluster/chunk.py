@@ -113,6 +113,7 @@ def run_chunk(
         seconds=seconds,
         worker_id=worker_id,
         providers=processor.providers,
+        models=processor.checks,
     )
 
 

@@ -41,6 +41,7 @@ class JobOutcome:
     seconds: float = 0.0
     providers: tuple[str, ...] = ()
     error: str | None = None
+    models: dict[str, str] = field(default_factory=dict)  # model -> manifest | lock | trusted
 
     @property
     def ok(self) -> bool:
@@ -211,6 +212,7 @@ def outcome_of(job: PlannedJob) -> JobOutcome:
         seconds=time.monotonic() - job.started if job.started else 0.0,
         providers=tuple(providers),
         error=job.error,
+        models={name: how for r in results for name, how in r.models.items()},
     )
 
 

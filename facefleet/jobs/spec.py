@@ -75,3 +75,4 @@ class ChunkResult:
     seconds: dict[str, float]  # wall time per stage: decode, detect, anonymize, encode, total
     worker_id: int
     providers: dict[str, str]
+    models: dict[str, str] = field(default_factory=dict)  # model -> what vouched for its file

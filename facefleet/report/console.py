@@ -79,9 +79,11 @@ def summary_line(outcome: JobOutcome) -> str:
         named = error if error.startswith(outcome.input_uri) else f"{outcome.input_uri}: {error}"
         return f"FAILED {named}"
     providers = ",".join(p.replace("ExecutionProvider", "") for p in outcome.providers) or "-"
+    trusted = sorted(name for name, how in outcome.models.items() if how == "trusted")
     return (
         f"ok  {outcome.input_uri} -> {outcome.output_uri}: {outcome.frames} frames, {outcome.faces} faces, "
         f"{outcome.seconds:.1f} s, {outcome.fps:.1f} fps, provider {providers}"
+        + (f", trusted (unchecked) model: {', '.join(trusted)}" if trusted else "")
     )
 
 
