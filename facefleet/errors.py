@@ -32,3 +32,9 @@ class ModelError(FacefleetError):
 
 class ClusterError(FacefleetError):
     """Ray could not be started or joined, or a worker died for good."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An unexpected exception as one short line: its type and its message's first line."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__

@@ -11,7 +11,6 @@ import psutil
 import pytest
 import ray
 
-import facefleet.cluster.pool as pool_module
 from facefleet.cluster.pool import WorkerPool, plan_pool
 from facefleet.cluster.runtime import ClusterInfo, ray_session
 from facefleet.jobs.runner import run_jobs
@@ -92,7 +91,7 @@ def test_jobs_run_across_workers_with_two_chunks_in_flight_each(sample_factory, 
     outstanding = {w: 0 for w in pool.actors}
     peak = {w: 0 for w in pool.actors}
     owner = {}
-    submit, result_of = pool.submit, pool_module.result_of
+    submit, result = pool.submit, pool.result
 
     def counting_submit(worker, task):
         ref = submit(worker, task)
@@ -103,10 +102,10 @@ def test_jobs_run_across_workers_with_two_chunks_in_flight_each(sample_factory, 
 
     def counting_result(ref):
         outstanding[owner[ref]] -= 1
-        return result_of(ref)
+        return result(ref)
 
     monkeypatch.setattr(pool, "submit", counting_submit)
-    monkeypatch.setattr(pool_module, "result_of", counting_result)
+    monkeypatch.setattr(pool, "result", counting_result)
     specs = [
         JobSpec(f"j{i}", str(src), str(tmp_path / f"out{i}.mp4"), chunk_frames=10) for i in range(2)
     ]

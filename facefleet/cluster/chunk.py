@@ -85,24 +85,57 @@ class _Cancelled(Exception):
     pass
 
 
+class ChunkStopped(Exception):
+    """The chunk was called off (another copy of it finished first); nothing is left behind."""
+
+
+OOM_MARKERS = ("out of memory", "failed to allocate", "cudaerrormemoryallocation", "bad_alloc")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether an error is an allocation failure (onnxruntime/CUDA word it several ways)."""
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(marker in text for marker in OOM_MARKERS)
+
+
 def run_chunk(
     task: ChunkTask,
     processor: Processor,
     progress: Callable[[int], None] | None = None,
     worker_id: int = 0,
     threads: int = 0,
+    slowdown: float = 1.0,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> ChunkResult:
     """Process one chunk and write its segment; `progress(n)` is told the frames done so far.
 
     `threads` is the CPU thread budget of this chunk's decoder and encoder (0: each picks
-    one per core, which oversubscribes the CPU when several chunks run at once).
+    one per core, which oversubscribes the CPU when several chunks run at once). An
+    allocation failure halves the processor's batch size and runs the chunk again, down to
+    batches of one, instead of failing. `slowdown` stretches simulated chunks only.
+    `should_stop()` is asked between batches: when it says yes, the chunk stops with
+    ChunkStopped and its temporary files are removed.
     """
     started = time.perf_counter()
-    if task.kind == "image":
-        faces, seconds = _run_image(task, processor)
-        frames = 1
-    else:
-        frames, faces, seconds = _run_video(task, processor, progress or (lambda n: None), threads)
+    progress = progress or (lambda n: None)
+    retries = 0
+    while True:
+        try:
+            if should_stop():
+                raise ChunkStopped(str(task.key))
+            if task.kind == "simulated":
+                frames, faces, seconds = _run_simulated(task, progress, slowdown, should_stop), 0, {}
+            elif task.kind == "image":
+                faces, seconds = _run_image(task, processor)
+                frames = 1
+            else:
+                frames, faces, seconds = _run_video(task, processor, progress, threads, should_stop)
+            break
+        except Exception as exc:
+            if not is_out_of_memory(exc) or processor.batch_size <= 1:
+                raise
+            processor.batch_size = max(1, processor.batch_size // 2)
+            retries += 1
     seconds["total"] = time.perf_counter() - started
     return ChunkResult(
         job_id=task.job_id,
@@ -114,7 +147,28 @@ def run_chunk(
         worker_id=worker_id,
         providers=processor.providers,
         models=processor.checks,
+        batch_size=processor.batch_size,
+        oom_retries=retries,
     )
+
+
+def _run_simulated(
+    task: ChunkTask, progress: Callable[[int], None], slowdown: float, should_stop: Callable[[], bool]
+) -> int:
+    """A stand-in chunk for scheduling tests and benches: sleeps frames x ms (x slowdown).
+
+    Nothing is decoded or written; results of such jobs are labelled simulated.
+    """
+    if task.index in task.simulate_failures:
+        raise RuntimeError(f"simulated failure of chunk {task.index}")
+    step = 10
+    for done in range(0, task.frames, step):
+        if should_stop():
+            raise ChunkStopped(str(task.key))
+        n = min(step, task.frames - done)
+        time.sleep(n * task.simulate_ms * slowdown / 1000)
+        progress(done + n)
+    return task.frames
 
 
 def _run_image(task: ChunkTask, processor: Processor) -> tuple[int, dict[str, float]]:
@@ -134,7 +188,11 @@ def _run_image(task: ChunkTask, processor: Processor) -> tuple[int, dict[str, fl
 
 
 def _run_video(
-    task: ChunkTask, processor: Processor, progress: Callable[[int], None], threads: int
+    task: ChunkTask,
+    processor: Processor,
+    progress: Callable[[int], None],
+    threads: int,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> tuple[int, int, dict[str, float]]:
     """Decode thread -> stages (this thread) -> encode thread (when the pipeline writes video).
 
@@ -195,6 +253,8 @@ def _run_video(
             thread.start()
         try:
             for batch in _batches(decoded, processor.batch_size, cancelled):
+                if should_stop():
+                    raise ChunkStopped(str(task.key))
                 hand_over(run.process(batch))
                 progress(done["frames"])
             hand_over(run.flush())

@@ -24,6 +24,7 @@ class PoolPlan:
     cpus_per_worker: float
     chunks_per_worker: int = MAX_IN_FLIGHT  # in flight and processed concurrently
     media_threads: int = 0  # decoder/encoder threads per chunk: the node's cores shared out
+    slowdowns: tuple[float, ...] = ()  # simulation knob: per-worker factor on simulated chunks
 
     @property
     def onnx_threads(self) -> int:
@@ -86,9 +87,9 @@ class WorkerPool:
             max_restarts=MAX_RESTARTS,
             max_concurrency=plan.chunks_per_worker,
         )
-        self.actors = {
-            i: remote.remote(i, pipeline, plan.onnx_threads, plan.media_threads) for i in range(plan.workers)
-        }
+        self.remote = remote
+        self.pipeline = pipeline
+        self.actors = {i: self._start(i) for i in range(plan.workers)}
         try:
             infos = ray.get([a.info.remote() for a in self.actors.values()], timeout=START_TIMEOUT_S)
         except ray.exceptions.GetTimeoutError:
@@ -108,8 +109,29 @@ class WorkerPool:
             raise ClusterError(f"workers could not start: {exc}") from None
         self.infos: dict[int, WorkerInfo] = {info.worker_id: info for info in infos}
 
+    def _start(self, worker: int):
+        slowdown = self.plan.slowdowns[worker] if worker < len(self.plan.slowdowns) else 1.0
+        return self.remote.remote(worker, self.pipeline, self.plan.onnx_threads, self.plan.media_threads, slowdown)
+
     def submit(self, worker: int, task: ChunkTask) -> ray.ObjectRef:
         return self.actors[worker].process.remote(task)
+
+    def stop(self, worker: int, key: tuple[str, int]) -> None:
+        """Ask a worker to call a chunk off; does not wait."""
+        actor = self.actors.get(worker)
+        if actor is not None:
+            actor.stop.remote(key)
+
+    @staticmethod
+    def result(ref: ray.ObjectRef) -> ChunkResult:
+        """The chunk's result; a worker's FacefleetError is re-raised as itself."""
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.cause
+            if isinstance(cause, FacefleetError):
+                raise cause from None
+            raise
 
     def progress(self) -> dict[tuple[str, int], int]:
         """Frames done so far of every chunk being processed, over all workers."""
@@ -126,14 +148,3 @@ class WorkerPool:
         for actor in self.actors.values():
             ray.kill(actor, no_restart=True)
         self.actors = {}
-
-
-def result_of(ref: ray.ObjectRef) -> ChunkResult:
-    """The chunk's result; a worker's FacefleetError is re-raised as itself."""
-    try:
-        return ray.get(ref)
-    except ray.exceptions.RayTaskError as exc:
-        cause = exc.cause
-        if isinstance(cause, FacefleetError):
-            raise cause from None
-        raise

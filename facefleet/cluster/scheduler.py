@@ -17,6 +17,7 @@ class WorkerLoad:
     frames_done: int = 0
     busy_seconds: float = 0.0
     alive: bool = True
+    unhealthy: str = ""  # why new work skips this worker (memory near full, throttling, errors)
 
     @property
     def fps(self) -> float:
@@ -36,11 +37,19 @@ class Scheduler:
         self.max_in_flight = max_in_flight
         self.loads = {w: WorkerLoad() for w in worker_ids}
 
-    def pick(self, frames: int) -> int | None:
-        """The worker to send a chunk of `frames` frames to, or None if all are full."""
+    def pick(self, frames: int, exclude: frozenset[int] = frozenset()) -> int | None:
+        """The worker to send a chunk of `frames` frames to, or None if all are full.
+
+        Unhealthy workers get nothing new, unless every live worker is unhealthy (then the
+        work goes on rather than stalling).
+        """
         best, best_finish = None, float("inf")
-        for worker, load in self.loads.items():
-            if not load.alive or len(load.in_flight) >= self.max_in_flight:
+        alive = [w for w, l in self.loads.items() if l.alive and w not in exclude]
+        healthy = [w for w in alive if not self.loads[w].unhealthy]
+        any_healthy = any(l.alive and not l.unhealthy for l in self.loads.values())
+        for worker in healthy if any_healthy else alive:
+            load = self.loads[worker]
+            if len(load.in_flight) >= self.max_in_flight:
                 continue
             finish = (load.queued_frames + frames) / load.fps
             if finish < best_finish:
@@ -62,6 +71,22 @@ class Scheduler:
     def remove(self, worker: int) -> None:
         self.loads[worker].alive = False
         self.loads[worker].in_flight.clear()
+
+    def add(self, worker: int) -> None:
+        self.loads[worker] = WorkerLoad()
+
+    def set_health(self, worker: int, reason: str) -> None:
+        """reason "" marks the worker healthy again."""
+        if worker in self.loads:
+            self.loads[worker].unhealthy = reason
+
+    def expected_seconds(self, worker: int, frames: int) -> float:
+        return frames / self.loads[worker].fps
+
+    def idle_slots(self) -> list[int]:
+        """Workers with room for another chunk, emptiest first."""
+        free = [w for w, l in self.loads.items() if l.alive and not l.unhealthy and len(l.in_flight) < self.max_in_flight]
+        return sorted(free, key=lambda w: len(self.loads[w].in_flight))
 
     @property
     def has_capacity(self) -> bool:

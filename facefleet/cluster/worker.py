@@ -25,14 +25,18 @@ from facefleet.pipeline.spec import PipelineSpec
 
 
 class GpuWorker:
-    def __init__(self, worker_id: int, pipeline: PipelineSpec, threads: int = 0, media_threads: int = 0):
+    def __init__(
+        self, worker_id: int, pipeline: PipelineSpec, threads: int = 0, media_threads: int = 0, slowdown: float = 1.0
+    ):
         self.worker_id = worker_id
+        self.slowdown = slowdown  # simulated chunks only: this worker's speed relative to others
         self.threads = threads  # onnxruntime threads (CPU provider)
         self.media_threads = media_threads  # decoder and encoder threads per chunk
         if media_threads:
             cv2.setNumThreads(media_threads)
         self._processors: dict[PipelineSpec, Processor] = {}
         self._current: dict[tuple[str, int], int] = {}  # chunk key -> frames done
+        self._stop: set[tuple[str, int]] = set()  # chunks called off (another copy won)
         self._lock = threading.Lock()
         self._processor(pipeline)
 
@@ -64,9 +68,23 @@ class GpuWorker:
             self._current[task.key] = frames
 
         try:
-            return run_chunk(task, processor, progress, worker_id=self.worker_id, threads=self.media_threads)
+            return run_chunk(
+                task,
+                processor,
+                progress,
+                worker_id=self.worker_id,
+                threads=self.media_threads,
+                slowdown=self.slowdown,
+                should_stop=lambda: task.key in self._stop,
+            )
         finally:
             self._current.pop(task.key, None)
+            self._stop.discard(task.key)
+
+    @ray.method(concurrency_group="progress")
+    def stop(self, key: tuple[str, int]) -> None:
+        """Call a chunk off (before it starts, or between its batches)."""
+        self._stop.add(key)
 
     @ray.method(concurrency_group="progress")
     def progress(self) -> dict[tuple[str, int], int]:

@@ -8,14 +8,13 @@ fails alone: the other jobs go on.
 from __future__ import annotations
 
 import shutil
-from fractions import Fraction
 import time
-from collections import deque
+from fractions import Fraction
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from facefleet.errors import FacefleetError
+from facefleet.errors import FacefleetError, one_line
 from facefleet.jobs.spec import ChunkResult, ChunkTask, JobSpec
 from facefleet.media.assemble import assemble, output_format
 from facefleet.media.encode import output_pix_fmt
@@ -26,7 +25,6 @@ from facefleet.media.probe import IMAGE_EXTENSIONS, VideoInfo, is_image, probe_v
 from facefleet.pipeline.processor import pipeline_context
 from facefleet.report.faces import merge_face_tables
 
-MAX_ATTEMPTS = 3  # tries per chunk when its worker dies
 POLL_S = 0.25
 WORKDIR_PREFIX = ".facefleet-"
 
@@ -89,11 +87,48 @@ class PlannedJob:
     def done(self) -> bool:
         return len(self.results) == len(self.tasks)
 
+    @property
+    def simulated(self) -> bool:
+        return bool(self.tasks) and self.tasks[0].kind == "simulated"
+
+
+SIMULATED = "simulated://"
+
+
+def simulated_uri(frames: int, ms_per_frame: float, failing: tuple[int, ...] = ()) -> str:
+    """An input that is no file: FRAMES frames costing MS milliseconds each (sleeping),
+    and chunks that always fail (by index).
+
+    For scheduling tests and benches on machines without GPUs; nothing is written, and
+    its figures are simulated.
+    """
+    fail = f"&fail={'+'.join(map(str, failing))}" if failing else ""
+    return f"{SIMULATED}{frames}?ms={ms_per_frame}{fail}"
+
+
+def plan_simulated(spec: JobSpec, workdir: Path, slots: int) -> PlannedJob:
+    head, _, query = spec.input_uri[len(SIMULATED):].partition("?")
+    params = dict(part.split("=", 1) for part in query.split("&") if "=" in part)
+    frames, ms = int(head), float(params.get("ms", 10))
+    failing = tuple(int(i) for i in params.get("fail", "").split("+") if i)
+    chunk_frames = spec.chunk_frames or auto_chunk_frames(frames, slots)
+    tasks = [
+        ChunkTask(
+            job_id=spec.job_id, index=i, kind="simulated", input_uri=spec.input_uri, segment_uri="",
+            pipeline=spec.pipeline, encode=spec.encode, start=r.start, frames=r.frames, simulate_ms=ms,
+            simulate_failures=failing,
+        )
+        for i, r in enumerate(plan_ranges(frames, (0,), chunk_frames))
+    ]
+    return PlannedJob(spec, None, tasks, workdir)
+
 
 def plan_job(spec: JobSpec, slots: int = 1) -> PlannedJob:
     """Probe the input and cut it into chunk tasks (raises FacefleetError for bad input)."""
     output = Path(spec.output_uri)
     workdir = output.parent / f"{WORKDIR_PREFIX}{spec.job_id}"
+    if spec.input_uri.startswith(SIMULATED):
+        return plan_simulated(spec, workdir, slots)
     video_out = spec.pipeline.writes_video
     if is_image(spec.input_uri):
         check_image(spec.input_uri)  # missing, empty or not an image: refuse it here, not in a worker
@@ -179,6 +214,8 @@ def video_tasks(spec: JobSpec, info: VideoInfo, workdir: Path, slots: int) -> li
 def finish_job(job: PlannedJob) -> None:
     """Put the finished outputs in place: the video (segments assembled) or image, and the
     analyze tables."""
+    if job.simulated:
+        return
     output = Path(job.spec.output_uri)
     pipeline = job.spec.pipeline
     tables: tuple[Path, ...] = ()
@@ -227,17 +264,16 @@ def plan_jobs(specs: list[JobSpec]) -> list[PlannedJob | JobOutcome]:
     return planned
 
 
-def run_jobs(specs: list[JobSpec], pool, progress: JobProgress | None = None) -> list[JobOutcome]:
+def run_jobs(specs: list[JobSpec], pool, progress: JobProgress | None = None, **options) -> list[JobOutcome]:
     """Plan and run every job on the pool's workers; one outcome per spec, in order."""
-    return run_planned(plan_jobs(specs), pool, progress)
+    return run_planned(plan_jobs(specs), pool, progress, **options)
 
 
-def run_planned(planned: list[PlannedJob | JobOutcome], pool, progress: JobProgress | None = None) -> list[JobOutcome]:
+def run_planned(
+    planned: list[PlannedJob | JobOutcome], pool, progress: JobProgress | None = None, duplicate_tail: bool = True
+) -> list[JobOutcome]:
     """Run planned jobs on the pool's workers; failed plans pass through as they are."""
-    import ray
-
-    from facefleet.cluster.pool import result_of
-    from facefleet.cluster.scheduler import Scheduler
+    from facefleet.cluster.dispatch import ChunkDone, Dispatcher
 
     progress = progress or NoProgress()
     outcomes: dict[str, JobOutcome] = {}
@@ -251,13 +287,22 @@ def run_planned(planned: list[PlannedJob | JobOutcome], pool, progress: JobProgr
             continue
         order.append(item.spec.job_id)
         jobs[item.spec.job_id] = item
-        if item.info is not None and not item.spec.chunk_frames:  # sized to this pool
-            item.tasks = video_tasks(item.spec, item.info, item.workdir, pool.plan.workers * pool.plan.chunks_per_worker)
+        if not item.spec.chunk_frames:  # chunks sized to this pool
+            slots = pool.plan.workers * pool.plan.chunks_per_worker
+            if item.info is not None:
+                item.tasks = video_tasks(item.spec, item.info, item.workdir, slots)
+            elif item.simulated:
+                item.tasks = plan_simulated(item.spec, item.workdir, slots).tasks
         progress.started(item.spec.job_id, item.spec.input_uri, item.total_frames)
 
-    pending = deque(task for job in jobs.values() for task in job.tasks)
-    scheduler = Scheduler(sorted(pool.actors), max_in_flight=pool.plan.chunks_per_worker)
-    in_flight: dict = {}
+    dispatcher = Dispatcher(pool, duplicate_tail=duplicate_tail)
+    for job in jobs.values():
+        if not job.simulated:
+            job.workdir.mkdir(parents=True, exist_ok=True)
+        dispatcher.add(job.tasks)
+    started = time.monotonic()
+    for job in jobs.values():
+        job.started = started
     last_poll = 0.0
 
     def end(job: PlannedJob) -> None:
@@ -274,64 +319,38 @@ def run_planned(planned: list[PlannedJob | JobOutcome], pool, progress: JobProgr
         progress.ended(outcome)
 
     try:
-        while pending or in_flight:
-            while pending and (worker := scheduler.pick(pending[0].frames)) is not None:
-                task = pending.popleft()
-                job = jobs[task.job_id]
-                job.started = job.started or time.monotonic()
-                job.workdir.mkdir(parents=True, exist_ok=True)
-                in_flight[pool.submit(worker, task)] = (worker, task)
-                scheduler.sent(worker, task.key, task.frames)
-                job.in_flight += 1
-            if not in_flight:
-                break
-            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=POLL_S)
-            for ref in ready:
-                worker, task = in_flight.pop(ref)
-                job = jobs[task.job_id]
-                job.in_flight -= 1
-                try:
-                    result = result_of(ref)
-                except FacefleetError as exc:
-                    scheduler.failed(worker, task.key)
-                    job.error = job.error or str(exc)
-                except ray.exceptions.RayActorError:
-                    scheduler.failed(worker, task.key)
-                    job.attempts[task.index] = job.attempts.get(task.index, 1) + 1
-                    if job.attempts[task.index] <= MAX_ATTEMPTS:
-                        pending.appendleft(task)
-                    else:
-                        job.error = job.error or f"chunk {task.index} lost its worker {MAX_ATTEMPTS} times"
-                except Exception as exc:  # a bug, not the user's input: report it, keep going
-                    scheduler.failed(worker, task.key)
-                    cause = getattr(exc, "cause", None) or exc  # a RayTaskError carries the worker's exception
-                    job.error = job.error or f"internal error in chunk {task.index}: {one_line(cause)}"
+        while dispatcher.busy:
+            for event in dispatcher.step(POLL_S):
+                job = jobs[event.task.job_id]
+                if job.spec.job_id in outcomes:
+                    continue
+                if isinstance(event, ChunkDone):
+                    job.results[event.task.index] = event.result
                 else:
-                    scheduler.finished(worker, task.key, result.frames, result.seconds.get("total", 0.0))
-                    job.results[task.index] = result
-                if job.error is not None:
-                    pending = deque(t for t in pending if t.job_id != task.job_id)
-                if job.in_flight == 0 and (job.done or job.error is not None):
+                    job.error = job.error or event.error
+                    dispatcher.drop_job(job.spec.job_id)
+                if job.done or (job.error is not None and dispatcher.in_flight(job.spec.job_id) == 0):
+                    end(job)
+            for job in jobs.values():  # a failed job whose last chunks came back as copies
+                if job.spec.job_id not in outcomes and job.error is not None and dispatcher.in_flight(job.spec.job_id) == 0:
                     end(job)
             now = time.monotonic()
             if now - last_poll >= 2 * POLL_S:
                 last_poll = now
-                _report_progress(jobs, outcomes, pool.progress(), progress)
+                _report_progress(jobs, outcomes, dispatcher.refresh_progress(), progress)
     finally:
+        dispatcher.wait_for_stragglers(timeout=5.0)
         for job in jobs.values():
             if job.spec.job_id not in outcomes:
                 shutil.rmtree(job.workdir, ignore_errors=True)
     for job in jobs.values():
-        if job.spec.job_id not in outcomes:  # failed with no chunk in flight
-            job.error = job.error or "not finished"
+        if job.spec.job_id not in outcomes:  # no worker was left to run it
+            job.error = job.error or "not finished: no worker could run its chunks"
             end(job)
+        elif not job.simulated:
+            shutil.rmtree(job.workdir, ignore_errors=True)  # a losing copy may have written late
+    run_planned.last_stats = dispatcher.stats  # for benches and tests
     return [outcomes[job_id] for job_id in order]
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as one short line: its type and the first line of its message."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
 
 
 def _report_progress(jobs: dict[str, PlannedJob], outcomes: dict, current: dict, progress: JobProgress) -> None:

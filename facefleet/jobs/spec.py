@@ -30,7 +30,7 @@ class JobSpec:
 class ChunkTask:
     job_id: str
     index: int
-    kind: str  # "video" or "image"
+    kind: str  # "video", "image" or "simulated" (sleeps; scheduling tests and benches)
     input_uri: str
     segment_uri: str  # where the worker writes this chunk's video segment or image ("": none)
     pipeline: PipelineSpec
@@ -50,6 +50,8 @@ class ChunkTask:
     pix_fmt: str = "yuv420p"  # output pixel format
     rotation: int = 0
     table_uri: str = ""  # where the worker writes this chunk's face rows (analyze), "" for none
+    simulate_ms: float = 0.0  # simulated chunks: milliseconds per frame
+    simulate_failures: tuple[int, ...] = ()  # simulated chunks: indices that always fail
 
     @property
     def key(self) -> tuple[str, int]:
@@ -76,3 +78,5 @@ class ChunkResult:
     worker_id: int
     providers: dict[str, str]
     models: dict[str, str] = field(default_factory=dict)  # model -> what vouched for its file
+    batch_size: int = 0  # frames per detector call at the end of the chunk
+    oom_retries: int = 0  # times the chunk ran again with half the batch after an allocation failure

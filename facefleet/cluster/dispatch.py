@@ -1,0 +1,211 @@
+"""The dispatcher: chunk tasks to workers and results back, with retries and tail copies.
+
+- Each next chunk goes to the worker expected to finish it first, at most
+  `chunks_per_worker` in flight per worker (Scheduler).
+- A chunk whose worker died, or that failed with an unexpected error, is sent again, up
+  to `max_attempts` tries; then it fails for good and names itself. An error the input
+  caused (FacefleetError) is final at once: trying again would fail the same way.
+- When nothing is left to send and a worker has room, the in-flight chunk expected to
+  finish last is copied to that worker if the copy is expected to finish sooner; the
+  first result wins (chunks are idempotent: both write the same segment) and the other is
+  dropped when it comes back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import ray
+
+from facefleet.cluster.pool import WorkerPool
+from facefleet.cluster.scheduler import Scheduler
+from facefleet.errors import FacefleetError, one_line
+from facefleet.jobs.spec import ChunkResult, ChunkTask
+
+MAX_ATTEMPTS = 3
+
+
+def chunk_name(task: ChunkTask) -> str:
+    if task.kind == "image":
+        return "the image"
+    return f"chunk {task.index} (frames {task.start}-{task.start + task.frames - 1})"
+
+
+@dataclass
+class ChunkDone:
+    task: ChunkTask
+    result: ChunkResult
+
+
+@dataclass
+class ChunkFailed:
+    task: ChunkTask
+    error: str
+
+
+@dataclass
+class _Flight:
+    worker: int
+    task: ChunkTask
+    sent: float
+    copy: bool = False  # a duplicate of a chunk already running elsewhere
+
+
+@dataclass
+class DispatchStats:
+    dispatched: int = 0
+    duplicates: int = 0
+    duplicate_wins: int = 0
+    retries: int = 0
+    controller_seconds: float = 0.0  # time spent deciding and bookkeeping (not waiting)
+    per_worker_frames: dict[int, int] = field(default_factory=dict)
+
+
+class Dispatcher:
+    def __init__(self, pool: WorkerPool, max_attempts: int = MAX_ATTEMPTS, duplicate_tail: bool = True):
+        self.pool = pool
+        self.scheduler = Scheduler(sorted(pool.actors), max_in_flight=pool.plan.chunks_per_worker)
+        self.max_attempts = max_attempts
+        self.duplicate_tail = duplicate_tail
+        self.pending: deque[ChunkTask] = deque()
+        self.flights: dict[ray.ObjectRef, _Flight] = {}
+        self.attempts: dict[tuple[str, int], int] = {}
+        self.finished: set[tuple[str, int]] = set()
+        self.progress_now: dict[tuple[str, int], int] = {}
+        self.stats = DispatchStats()
+
+    # ---- what the caller does ----------------------------------------------------
+
+    def add(self, tasks: list[ChunkTask]) -> None:
+        self.pending.extend(tasks)
+
+    def drop_job(self, job_id: str) -> None:
+        """Send nothing more of this job; its chunks in flight are called off."""
+        self.pending = deque(t for t in self.pending if t.job_id != job_id)
+        for flight in self.flights.values():
+            if flight.task.job_id == job_id:
+                self.finished.add(flight.task.key)
+                self.pool.stop(flight.worker, flight.task.key)
+
+    @property
+    def busy(self) -> bool:
+        """Chunks left to send or to hear back from (copies that lost do not count)."""
+        return bool(self.pending) or any(f.task.key not in self.finished for f in self.flights.values())
+
+    def wait_for_stragglers(self, timeout: float) -> None:
+        """Give chunks that were called off a moment to stop and clean up."""
+        if self.flights:
+            ray.wait(list(self.flights), num_returns=len(self.flights), timeout=timeout, fetch_local=False)
+
+    def in_flight(self, job_id: str) -> int:
+        return sum(1 for f in self.flights.values() if f.task.job_id == job_id and not f.copy)
+
+    def step(self, timeout: float) -> list[ChunkDone | ChunkFailed]:
+        """Send what fits, wait up to `timeout` for results, and say what happened."""
+        t0 = time.perf_counter()
+        self._send()
+        if self.duplicate_tail and not self.pending:
+            self._copy_stragglers()
+        self.stats.controller_seconds += time.perf_counter() - t0
+        if not self.flights:
+            return []
+        ready, rest = ray.wait(list(self.flights), num_returns=1, timeout=timeout, fetch_local=False)
+        if ready and rest:
+            more, _ = ray.wait(rest, num_returns=len(rest), timeout=0, fetch_local=False)
+            ready += more
+        t0 = time.perf_counter()
+        events = []
+        for ref in ready:
+            event = self._collect(ref)
+            if event is not None:
+                events.append(event)
+        self.stats.controller_seconds += time.perf_counter() - t0
+        return events
+
+    def refresh_progress(self) -> dict[tuple[str, int], int]:
+        self.progress_now = self.pool.progress()
+        return self.progress_now
+
+    # ---- inside ------------------------------------------------------------------
+
+    def _submit(self, worker: int, task: ChunkTask, copy: bool = False) -> None:
+        ref = self.pool.submit(worker, task)
+        self.flights[ref] = _Flight(worker, task, time.monotonic(), copy)
+        self.scheduler.sent(worker, (task.key, copy), task.frames)
+        self.stats.dispatched += 1
+
+    def _send(self) -> None:
+        while self.pending:
+            task = self.pending[0]
+            worker = self.scheduler.pick(task.frames)
+            if worker is None:
+                return
+            self.pending.popleft()
+            if task.key in self.finished:
+                continue
+            self._submit(worker, task)
+
+    def _copy_stragglers(self) -> None:
+        """Copy the chunk expected to finish last onto a worker with room, when that helps."""
+        for idle in self.scheduler.idle_slots():
+            running = [f for f in self.flights.values() if f.task.key not in self.finished]
+            copied = {f.task.key for f in running if f.copy}
+            best, best_left = None, 0.0
+            for flight in running:
+                if flight.copy or flight.task.key in copied or flight.worker == idle:
+                    continue
+                done = self.progress_now.get(flight.task.key, 0)
+                left = self.scheduler.expected_seconds(flight.worker, max(flight.task.frames - done, 0))
+                if left > best_left:
+                    best, best_left = flight, left
+            if best is None or self.scheduler.expected_seconds(idle, best.task.frames) >= best_left:
+                return
+            self._submit(idle, best.task, copy=True)
+            self.stats.duplicates += 1
+
+    def _collect(self, ref: ray.ObjectRef) -> ChunkDone | ChunkFailed | None:
+        flight = self.flights.pop(ref)
+        task, key = flight.task, flight.task.key
+        try:
+            result = self.pool.result(ref)
+        except FacefleetError as exc:
+            self.scheduler.failed(flight.worker, (key, flight.copy))
+            return self._fail(task, str(exc), final=True)
+        except Exception as exc:  # worker died, or a bug: try again elsewhere
+            self.scheduler.failed(flight.worker, (key, flight.copy))
+            cause = getattr(exc, "cause", None) or exc  # a RayTaskError carries the worker's exception
+            if isinstance(exc, ray.exceptions.RayActorError):
+                reason = "its worker died"
+            else:
+                reason = one_line(cause)
+            return self._fail(task, reason, final=False)
+        self.scheduler.finished(flight.worker, (key, flight.copy), result.frames, result.seconds.get("total", 0.0))
+        if key in self.finished:
+            return None  # the other copy won, or the job was dropped
+        self.finished.add(key)
+        for other in self.flights.values():
+            if other.task.key == key:
+                self.pool.stop(other.worker, key)  # the losing copy stops between batches
+        self.stats.per_worker_frames[flight.worker] = self.stats.per_worker_frames.get(flight.worker, 0) + result.frames
+        if flight.copy:
+            self.stats.duplicate_wins += 1
+        return ChunkDone(task, result)
+
+    def _fail(self, task: ChunkTask, reason: str, final: bool) -> ChunkFailed | None:
+        key = task.key
+        if key in self.finished:
+            return None
+        if any(f.task.key == key for f in self.flights.values()):
+            return None  # another copy is still running: let it finish
+        attempts = self.attempts.get(key, 1)
+        if not final and attempts < self.max_attempts:
+            self.attempts[key] = attempts + 1
+            self.stats.retries += 1
+            self.pending.appendleft(task)
+            return None
+        self.finished.add(key)
+        if final:
+            return ChunkFailed(task, reason)
+        return ChunkFailed(task, f"{chunk_name(task)} failed {attempts} times; last: {reason}")
