@@ -45,3 +45,12 @@ def test_auto_chunk_size_gives_every_slot_work_within_bounds():
     assert auto_chunk_frames(100_000, 8) == 300
     assert auto_chunk_frames(40, 4) == 30
     assert auto_chunk_frames(301, 1) == 300
+
+
+def test_automatic_chunks_shrink_toward_the_end():
+    ranges = plan_ranges(3000, (0,), 300, taper_slots=2)
+    sizes = [r.frames for r in ranges]
+    assert covers(ranges, 3000)
+    assert sizes[:8] == [300] * 8  # full size while more than a wave is left
+    assert sizes[8:] == sorted(sizes[8:], reverse=True) and sizes[-1] <= 75
+    assert min(sizes) >= 30

@@ -25,6 +25,7 @@ from facefleet.errors import FacefleetError, one_line
 from facefleet.jobs.spec import ChunkResult, ChunkTask
 
 MAX_ATTEMPTS = 3
+DIED = "worker died"
 
 
 def chunk_name(task: ChunkTask) -> str:
@@ -64,8 +65,16 @@ class DispatchStats:
 
 
 class Dispatcher:
-    def __init__(self, pool: WorkerPool, max_attempts: int = MAX_ATTEMPTS, duplicate_tail: bool = True):
+    def __init__(
+        self,
+        pool: WorkerPool,
+        max_attempts: int = MAX_ATTEMPTS,
+        duplicate_tail: bool = True,
+        idle_retire_s: float | None = None,
+    ):
         self.pool = pool
+        self.idle_retire_s = idle_retire_s  # retire workers idle this long (None: never)
+        self.idle_since: dict[int, float] = {w: time.monotonic() for w in pool.actors}
         self.scheduler = Scheduler(sorted(pool.actors), max_in_flight=pool.plan.chunks_per_worker)
         self.max_attempts = max_attempts
         self.duplicate_tail = duplicate_tail
@@ -74,6 +83,7 @@ class Dispatcher:
         self.attempts: dict[tuple[str, int], int] = {}
         self.finished: set[tuple[str, int]] = set()
         self.progress_now: dict[tuple[str, int], int] = {}
+        self.pings: dict[int, ray.ObjectRef] = {}  # workers whose actor died: are they back?
         self.stats = DispatchStats()
 
     # ---- what the caller does ----------------------------------------------------
@@ -128,11 +138,51 @@ class Dispatcher:
         self.progress_now = self.pool.progress()
         return self.progress_now
 
+    def rebalance(self) -> None:
+        """Give GPUs that joined the cluster workers; take back workers that restarted, drop
+        those that are gone for good; retire workers idle too long."""
+        for worker in self.pool.grow():
+            self.scheduler.add(worker)
+            self.idle_since[worker] = time.monotonic()
+        self._check_dead()
+        if self.idle_retire_s is None or self.pending:
+            return
+        now = time.monotonic()
+        for worker in list(self.pool.actors):
+            load = self.scheduler.loads.get(worker)
+            if load and not load.in_flight and now - self.idle_since.get(worker, now) > self.idle_retire_s:
+                self.pool.retire(worker)
+                self.scheduler.remove(worker)
+
     # ---- inside ------------------------------------------------------------------
+
+    def _check_dead(self) -> None:
+        for worker in [w for w, l in self.scheduler.loads.items() if l.alive and l.unhealthy == DIED]:
+            if worker not in self.pool.actors:
+                self.scheduler.remove(worker)
+                continue
+            ping = self.pings.get(worker)
+            if ping is None:
+                self.pings[worker] = self.pool.ping(worker)
+                continue
+            ready, _ = ray.wait([ping], timeout=0)
+            if not ready:
+                continue
+            del self.pings[worker]
+            try:
+                ray.get(ping)
+            except ray.exceptions.ActorDiedError:
+                self.pool.retire(worker)  # restarts used up, or no node can host it
+                self.scheduler.remove(worker)
+            except ray.exceptions.RayError:
+                pass  # still restarting: ask again next time
+            else:
+                self.scheduler.set_health(worker, "")
 
     def _submit(self, worker: int, task: ChunkTask, copy: bool = False) -> None:
         ref = self.pool.submit(worker, task)
         self.flights[ref] = _Flight(worker, task, time.monotonic(), copy)
+        self.idle_since.pop(worker, None)
         self.scheduler.sent(worker, (task.key, copy), task.frames)
         self.stats.dispatched += 1
 
@@ -167,6 +217,8 @@ class Dispatcher:
 
     def _collect(self, ref: ray.ObjectRef) -> ChunkDone | ChunkFailed | None:
         flight = self.flights.pop(ref)
+        if not any(f.worker == flight.worker for f in self.flights.values()):
+            self.idle_since[flight.worker] = time.monotonic()
         task, key = flight.task, flight.task.key
         try:
             result = self.pool.result(ref)
@@ -178,6 +230,7 @@ class Dispatcher:
             cause = getattr(exc, "cause", None) or exc  # a RayTaskError carries the worker's exception
             if isinstance(exc, ray.exceptions.RayActorError):
                 reason = "its worker died"
+                self.scheduler.set_health(flight.worker, DIED)  # nothing new for it until it answers again
             else:
                 reason = one_line(cause)
             return self._fail(task, reason, final=False)

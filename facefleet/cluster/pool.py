@@ -116,6 +116,30 @@ class WorkerPool:
     def submit(self, worker: int, task: ChunkTask) -> ray.ObjectRef:
         return self.actors[worker].process.remote(task)
 
+    def grow(self) -> list[int]:
+        """Start workers for GPUs that joined the cluster since the pool started; return
+        their ids (GPU pools only). They take work at once: calls queue until they are up."""
+        if not self.plan.gpus_per_worker:
+            return []
+        gpus = ray.cluster_resources().get("GPU", 0)
+        want = int(round(gpus / self.plan.gpus_per_worker))
+        new = []
+        while len(self.actors) < want:
+            worker = max(self.actors, default=-1) + 1
+            self.actors[worker] = self._start(worker)
+            new.append(worker)
+        return new
+
+    def ping(self, worker: int) -> ray.ObjectRef:
+        """A call that answers once the worker is up (after a restart, say)."""
+        return self.actors[worker].info.remote()
+
+    def retire(self, worker: int) -> None:
+        """Stop an idle worker so that its node can be scaled down."""
+        actor = self.actors.pop(worker, None)
+        if actor is not None:
+            ray.kill(actor, no_restart=True)
+
     def stop(self, worker: int, key: tuple[str, int]) -> None:
         """Ask a worker to call a chunk off; does not wait."""
         actor = self.actors.get(worker)
@@ -145,6 +169,5 @@ class WorkerPool:
         return out
 
     def shutdown(self) -> None:
-        for actor in self.actors.values():
-            ray.kill(actor, no_restart=True)
-        self.actors = {}
+        for worker in list(self.actors):
+            self.retire(worker)

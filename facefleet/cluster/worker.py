@@ -57,6 +57,7 @@ class GpuWorker:
             worker_id=self.worker_id,
             pid=os.getpid(),
             node=socket.gethostname(),
+            node_id=ray.get_runtime_context().get_node_id(),
             cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
             providers=providers,
         )

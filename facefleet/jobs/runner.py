@@ -112,13 +112,14 @@ def plan_simulated(spec: JobSpec, workdir: Path, slots: int) -> PlannedJob:
     frames, ms = int(head), float(params.get("ms", 10))
     failing = tuple(int(i) for i in params.get("fail", "").split("+") if i)
     chunk_frames = spec.chunk_frames or auto_chunk_frames(frames, slots)
+    taper = 0 if spec.chunk_frames else slots
     tasks = [
         ChunkTask(
             job_id=spec.job_id, index=i, kind="simulated", input_uri=spec.input_uri, segment_uri="",
             pipeline=spec.pipeline, encode=spec.encode, start=r.start, frames=r.frames, simulate_ms=ms,
             simulate_failures=failing,
         )
-        for i, r in enumerate(plan_ranges(frames, (0,), chunk_frames))
+        for i, r in enumerate(plan_ranges(frames, (0,), chunk_frames, taper_slots=taper))
     ]
     return PlannedJob(spec, None, tasks, workdir)
 
@@ -175,10 +176,11 @@ def check_table_output(spec: JobSpec) -> None:
 def video_tasks(spec: JobSpec, info: VideoInfo, workdir: Path, slots: int) -> list[ChunkTask]:
     """Cut a probed video into chunk tasks; `slots` is how many chunks can run at once."""
     chunk_frames = spec.chunk_frames or auto_chunk_frames(info.frames, slots)
+    taper = 0 if spec.chunk_frames else slots  # automatic chunks shrink toward the end
     pix_fmt = output_pix_fmt(info.pix_fmt, info.width, info.height, spec.encode.codec)
     context = pipeline_context(spec.pipeline)
     tasks = []
-    for index, frame_range in enumerate(plan_ranges(info.frames, info.keyframes, chunk_frames)):
+    for index, frame_range in enumerate(plan_ranges(info.frames, info.keyframes, chunk_frames, taper_slots=taper)):
         decode_start = max(0, frame_range.start - context)
         decode_end = min(info.frames, frame_range.end + context)
         key = keyframe_at_or_before(info.keyframes, decode_start)
@@ -338,6 +340,7 @@ def run_planned(
             if now - last_poll >= 2 * POLL_S:
                 last_poll = now
                 _report_progress(jobs, outcomes, dispatcher.refresh_progress(), progress)
+                dispatcher.rebalance()
     finally:
         dispatcher.wait_for_stragglers(timeout=5.0)
         for job in jobs.values():

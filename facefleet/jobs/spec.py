@@ -62,7 +62,8 @@ class ChunkTask:
 class WorkerInfo:
     worker_id: int
     pid: int
-    node: str
+    node: str  # host name
+    node_id: str  # Ray's node id (several nodes can share a host)
     cuda_visible_devices: str | None
     providers: dict[str, str]
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
+AUTO_LARGEST = 300
+AUTO_SMALLEST = 30
+
 
 @dataclass(frozen=True)
 class FrameRange:
@@ -18,22 +21,38 @@ class FrameRange:
         return self.end - self.start
 
 
-def plan_ranges(frames: int, keyframes: tuple[int, ...], chunk_frames: int, snap: float = 0.25) -> list[FrameRange]:
+def tapered_size(remaining: int, chunk_frames: int, slots: int, smallest: int) -> int:
+    """Chunk size for what is left: full size while plenty is left, then smaller, so that
+    the last chunks, which nothing can overlap, are short (fewer stragglers)."""
+    if remaining > slots * chunk_frames:
+        return chunk_frames
+    return max(smallest, min(chunk_frames, -(-remaining // slots)))
+
+
+def plan_ranges(
+    frames: int, keyframes: tuple[int, ...], chunk_frames: int, snap: float = 0.25, taper_slots: int = 0
+) -> list[FrameRange]:
     """Split `frames` frames into consecutive ranges of about `chunk_frames` each.
 
     A boundary moves to the nearest keyframe within `snap` x chunk_frames of its target,
     which saves the worker decoding from an earlier keyframe; without one near, the
-    boundary stays where it is (workers decode exact ranges either way).
+    boundary stays where it is (workers decode exact ranges either way). With
+    `taper_slots` (chunks that run at once), chunks shrink toward the end of the video.
     """
     if frames <= 0:
         return []
     if chunk_frames <= 0:
         raise ValueError("chunk_frames must be positive")
-    tolerance = int(chunk_frames * snap)
     keys = sorted(k for k in keyframes if 0 < k < frames)
     bounds = [0]
-    while frames - bounds[-1] > chunk_frames + tolerance:
-        target = bounds[-1] + chunk_frames
+    while True:
+        size = chunk_frames
+        if taper_slots:
+            size = tapered_size(frames - bounds[-1], chunk_frames, taper_slots, min(AUTO_SMALLEST, chunk_frames))
+        tolerance = int(size * snap)
+        if frames - bounds[-1] <= size + tolerance:
+            break
+        target = bounds[-1] + size
         bound = target
         i = bisect.bisect_left(keys, target - tolerance)
         near = [k for k in keys[i:i + 64] if abs(k - target) <= tolerance and k > bounds[-1]]
@@ -42,10 +61,6 @@ def plan_ranges(frames: int, keyframes: tuple[int, ...], chunk_frames: int, snap
         bounds.append(bound)
     bounds.append(frames)
     return [FrameRange(a, b) for a, b in zip(bounds, bounds[1:])]
-
-
-AUTO_LARGEST = 300
-AUTO_SMALLEST = 30
 
 
 def auto_chunk_frames(frames: int, slots: int, largest: int = AUTO_LARGEST, smallest: int = AUTO_SMALLEST) -> int:

@@ -1,0 +1,93 @@
+"""A simulated multi-node cluster on this machine (ray.cluster_utils.Cluster, fake GPUs):
+chunks spread over nodes, a node removed mid-job, a node added mid-job."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import ray
+from localrun import decode_all
+from ray.cluster_utils import Cluster
+
+from facefleet.cluster.pool import WorkerPool, plan_pool
+from facefleet.cluster.runtime import describe_cluster, loopback_environment
+from facefleet.jobs.runner import run_jobs, run_planned
+from facefleet.jobs.spec import JobSpec
+from facefleet.media.encode import EncodeSettings
+from facefleet.pipeline.spec import PipelineSpec
+from facefleet.samples import SampleSpec
+
+VIDEO = SampleSpec(width=160, height=96, frames=120, gop=30)
+LOSSLESS = EncodeSettings(quality=100)
+
+
+@pytest.fixture
+def cluster():
+    loopback_environment()
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
+    nodes = [c.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
+    ray.init(address=c.address, logging_level="ERROR", log_to_driver=False)
+    c.wait_for_nodes()
+    yield c, nodes
+    ray.shutdown()
+    c.shutdown()
+
+
+class When:
+    """A progress sink that does something once, when a job has made some progress."""
+
+    def __init__(self, action, after_frames=20):
+        self.action, self.after, self.done = action, after_frames, False
+
+    def started(self, *a):
+        pass
+
+    def advanced(self, job_id, frames):
+        if not self.done and frames >= self.after:
+            self.done = True
+            self.action()
+
+    def ended(self, outcome):
+        pass
+
+
+def spec(src, out):
+    return JobSpec("m", str(src), str(out), pipeline=PipelineSpec(), encode=LOSSLESS, chunk_frames=10)
+
+
+def test_chunks_spread_over_nodes_and_a_removed_node_loses_nothing(cluster, sample_factory, tmp_path):
+    c, nodes = cluster
+    src, _ = sample_factory(VIDEO)
+    pool = WorkerPool(plan_pool(describe_cluster(embedded=False)), PipelineSpec())
+    try:
+        assert len({info.node_id for info in pool.infos.values()}) == 2  # one worker per GPU node
+        clean = run_jobs([spec(src, tmp_path / "clean.mp4")], pool)[0]
+        spread = run_planned.last_stats.per_worker_frames
+        assert clean.ok and len(spread) == 2 and min(spread.values()) >= 20
+        # remove a node while the job runs: its chunks go to the other node
+        victim = nodes[1]
+        outcome = run_jobs([spec(src, tmp_path / "faulty.mp4")], pool, When(lambda: c.remove_node(victim)))[0]
+    finally:
+        pool.shutdown()
+    assert outcome.ok, outcome.error
+    _, a = decode_all(tmp_path / "clean.mp4")
+    _, b = decode_all(tmp_path / "faulty.mp4")
+    assert len(a) == len(b) == 120
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_a_node_that_joins_mid_job_gets_a_worker_and_work(cluster, sample_factory, tmp_path):
+    c, _ = cluster
+    src, _ = sample_factory(VIDEO)
+    pool = WorkerPool(plan_pool(describe_cluster(embedded=False)), PipelineSpec())
+    try:
+        outcome = run_jobs(
+            [JobSpec("j", str(src), str(tmp_path / "j.mp4"), encode=LOSSLESS, chunk_frames=5)],
+            pool,
+            When(lambda: c.add_node(num_cpus=1, num_gpus=1), after_frames=5),
+        )[0]
+        per_worker = run_planned.last_stats.per_worker_frames
+    finally:
+        pool.shutdown()
+    assert outcome.ok and outcome.frames == 120
+    assert per_worker.get(2, 0) > 0, per_worker  # the third worker, on the new node, did chunks
