@@ -117,6 +117,7 @@ def run_chunk(
     ChunkStopped and its temporary files are removed.
     """
     started = time.perf_counter()
+    started_at = time.time()
     progress = progress or (lambda n: None)
     retries = 0
     while True:
@@ -147,6 +148,7 @@ def run_chunk(
         worker_id=worker_id,
         providers=processor.providers,
         models=processor.checks,
+        started=started_at,
         batch_size=processor.batch_size,
         oom_retries=retries,
     )

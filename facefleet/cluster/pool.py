@@ -25,6 +25,7 @@ class PoolPlan:
     chunks_per_worker: int = MAX_IN_FLIGHT  # in flight and processed concurrently
     media_threads: int = 0  # decoder/encoder threads per chunk: the node's cores shared out
     slowdowns: tuple[float, ...] = ()  # simulation knob: per-worker factor on simulated chunks
+    elastic: bool = False  # follow the cluster: workers for GPUs that join later
 
     @property
     def onnx_threads(self) -> int:
@@ -61,12 +62,16 @@ def plan_pool(
                 f"--workers {count} asks for more workers than the cluster's {cluster.gpus} GPU(s) x {per_gpu} per GPU"
             )
         gpus_per_worker, cpus = 1 / per_gpu, 1
+        elastic = workers is None
     else:
+        elastic = False
         count = workers or max(1, cluster.nodes)
         cpus = max(cluster.cpus, 1) / count
         cpus = int(cpus) if cpus >= 1 else round(cpus, 2)
         gpus_per_worker = 0
-    return PoolPlan(count, gpus_per_worker, cpus, chunks_per_worker, media_threads(cluster, count, chunks_per_worker))
+    return PoolPlan(
+        count, gpus_per_worker, cpus, chunks_per_worker, media_threads(cluster, count, chunks_per_worker), elastic=elastic
+    )
 
 
 def media_threads(cluster: ClusterInfo, workers: int, chunks_per_worker: int) -> int:
@@ -118,8 +123,9 @@ class WorkerPool:
 
     def grow(self) -> list[int]:
         """Start workers for GPUs that joined the cluster since the pool started; return
-        their ids (GPU pools only). They take work at once: calls queue until they are up."""
-        if not self.plan.gpus_per_worker:
+        their ids (elastic GPU pools only: a pool of an asked-for size stays that size).
+        They take work at once: calls queue until they are up."""
+        if not self.plan.elastic:
             return []
         gpus = ray.cluster_resources().get("GPU", 0)
         want = int(round(gpus / self.plan.gpus_per_worker))

@@ -353,6 +353,7 @@ def run_planned(
         elif not job.simulated:
             shutil.rmtree(job.workdir, ignore_errors=True)  # a losing copy may have written late
     run_planned.last_stats = dispatcher.stats  # for benches and tests
+    run_planned.last_results = [r for job in jobs.values() for r in job.results.values()]
     return [outcomes[job_id] for job_id in order]
 
 

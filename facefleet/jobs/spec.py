@@ -79,5 +79,6 @@ class ChunkResult:
     worker_id: int
     providers: dict[str, str]
     models: dict[str, str] = field(default_factory=dict)  # model -> what vouched for its file
+    started: float = 0.0  # wall-clock time (time.time()) the worker started the chunk
     batch_size: int = 0  # frames per detector call at the end of the chunk
     oom_retries: int = 0  # times the chunk ran again with half the batch after an allocation failure
