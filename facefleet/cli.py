@@ -71,6 +71,12 @@ def run(
     chunks_per_worker: int = typer.Option(2, "--chunks-per-worker", help="Chunks each worker processes at once."),
     gpu_share: float = typer.Option(1.0, "--gpu-share", help="GPU fraction per worker; 0.25 runs 4 workers per GPU."),
     address: Optional[str] = typer.Option(None, "--address", help="Join this Ray cluster instead of starting one."),
+    sample_interval: float = typer.Option(0.5, "--sample-interval", help="NVML reporter sampling interval, seconds."),
+    gpu_backend: str = typer.Option("auto", "--gpu-backend", help="GPU metrics: auto | real (NVML) | simulated."),
+    autoscale: Optional[bool] = typer.Option(
+        None, "--autoscale/--no-autoscale", help="Ask the Ray autoscaler for GPUs (default: on with --address)."
+    ),
+    target_backlog: float = typer.Option(120.0, "--target-backlog", help="Scale up when the backlog would take longer (s)."),
     providers: str = typer.Option("auto", "--execution-providers", help="auto | cuda | cpu."),
     batch_size: int = typer.Option(0, "--batch-size", help="Frames per detector call (0: 16 on GPU, 1 on CPU)."),
     quality: int = typer.Option(65, "--output-video-quality", help="0-100; 65 is x264 CRF 18, 100 is lossless."),
@@ -124,7 +130,19 @@ def run(
     table_only = spec.writes_table and not spec.writes_video
     pairs = resolve_outputs(inputs, output, table=table_only)
     specs = [JobSpec(new_job_id(), i, o, pipeline=spec, encode=encode, chunk_frames=chunk_frames) for i, o in pairs]
-    pool = PoolOptions(workers=workers, chunks_per_worker=chunks_per_worker, gpu_share=gpu_share)
+    if gpu_backend not in ("auto", "real", "simulated"):
+        raise FacefleetError("--gpu-backend must be auto, real or simulated")
+    if sample_interval <= 0:
+        raise FacefleetError("--sample-interval must be positive")
+    pool = PoolOptions(
+        workers=workers,
+        chunks_per_worker=chunks_per_worker,
+        gpu_share=gpu_share,
+        sample_interval=sample_interval,
+        gpu_backend=gpu_backend,
+        autoscale=autoscale,
+        target_backlog_s=target_backlog,
+    )
     outcomes = run_specs(specs, address, pool, err, progress=not quiet)
     if not all(o.ok for o in outcomes):
         raise typer.Exit(1)

@@ -10,6 +10,7 @@ from localrun import decode_all
 from ray.cluster_utils import Cluster
 
 from facefleet.cluster.pool import WorkerPool, plan_pool
+from facefleet.cluster.reporter import REPORTER_PREFIX, start_reporters, stop_reporters
 from facefleet.cluster.runtime import describe_cluster, loopback_environment
 from facefleet.jobs.runner import run_jobs, run_planned
 from facefleet.jobs.spec import JobSpec
@@ -58,6 +59,10 @@ def spec(src, out):
 def test_chunks_spread_over_nodes_and_a_removed_node_loses_nothing(cluster, sample_factory, tmp_path):
     c, nodes = cluster
     src, _ = sample_factory(VIDEO)
+    reporters = start_reporters(0.5, "simulated", name_prefix=REPORTER_PREFIX)
+    assert set(reporters) == {n["NodeID"] for n in ray.nodes() if n["Alive"]}  # one per node (head too)
+    assert len(reporters) == 3
+    stop_reporters(reporters)
     pool = WorkerPool(plan_pool(describe_cluster(embedded=False)), PipelineSpec())
     try:
         assert len({info.node_id for info in pool.infos.values()}) == 2  # one worker per GPU node

@@ -106,6 +106,7 @@ def run_chunk(
     threads: int = 0,
     slowdown: float = 1.0,
     should_stop: Callable[[], bool] = lambda: False,
+    busy: Callable[[float, float], None] = lambda start, end: None,
 ) -> ChunkResult:
     """Process one chunk and write its segment; `progress(n)` is told the frames done so far.
 
@@ -114,7 +115,8 @@ def run_chunk(
     allocation failure halves the processor's batch size and runs the chunk again, down to
     batches of one, instead of failing. `slowdown` stretches simulated chunks only.
     `should_stop()` is asked between batches: when it says yes, the chunk stops with
-    ChunkStopped and its temporary files are removed.
+    ChunkStopped and its temporary files are removed. `busy(start, end)` is told, in
+    wall-clock seconds, when the stages (the GPU work) ran.
     """
     started = time.perf_counter()
     started_at = time.time()
@@ -125,12 +127,12 @@ def run_chunk(
             if should_stop():
                 raise ChunkStopped(str(task.key))
             if task.kind == "simulated":
-                frames, faces, seconds = _run_simulated(task, progress, slowdown, should_stop), 0, {}
+                frames, faces, seconds = _run_simulated(task, progress, slowdown, should_stop, busy), 0, {}
             elif task.kind == "image":
                 faces, seconds = _run_image(task, processor)
                 frames = 1
             else:
-                frames, faces, seconds = _run_video(task, processor, progress, threads, should_stop)
+                frames, faces, seconds = _run_video(task, processor, progress, threads, should_stop, busy)
             break
         except Exception as exc:
             if not is_out_of_memory(exc) or processor.batch_size <= 1:
@@ -155,7 +157,11 @@ def run_chunk(
 
 
 def _run_simulated(
-    task: ChunkTask, progress: Callable[[int], None], slowdown: float, should_stop: Callable[[], bool]
+    task: ChunkTask,
+    progress: Callable[[int], None],
+    slowdown: float,
+    should_stop: Callable[[], bool],
+    busy: Callable[[float, float], None],
 ) -> int:
     """A stand-in chunk for scheduling tests and benches: sleeps frames x ms (x slowdown).
 
@@ -168,7 +174,9 @@ def _run_simulated(
         if should_stop():
             raise ChunkStopped(str(task.key))
         n = min(step, task.frames - done)
+        t0 = time.time()
         time.sleep(n * task.simulate_ms * slowdown / 1000)
+        busy(t0, time.time())
         progress(done + n)
     return task.frames
 
@@ -195,6 +203,7 @@ def _run_video(
     progress: Callable[[int], None],
     threads: int,
     should_stop: Callable[[], bool] = lambda: False,
+    busy: Callable[[float, float], None] = lambda start, end: None,
 ) -> tuple[int, int, dict[str, float]]:
     """Decode thread -> stages (this thread) -> encode thread (when the pipeline writes video).
 
@@ -257,7 +266,10 @@ def _run_video(
             for batch in _batches(decoded, processor.batch_size, cancelled):
                 if should_stop():
                     raise ChunkStopped(str(task.key))
-                hand_over(run.process(batch))
+                t0 = time.time()
+                out = run.process(batch)
+                busy(t0, time.time())
+                hand_over(out)
                 progress(done["frames"])
             hand_over(run.flush())
             if writer:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import ray
 
+from facefleet.cluster.monitor import GpuMonitor
 from facefleet.cluster.pool import WorkerPool
 from facefleet.cluster.scheduler import Scheduler
 from facefleet.errors import FacefleetError, one_line
@@ -71,8 +72,12 @@ class Dispatcher:
         max_attempts: int = MAX_ATTEMPTS,
         duplicate_tail: bool = True,
         idle_retire_s: float | None = None,
+        monitor: GpuMonitor | None = None,
     ):
         self.pool = pool
+        self.monitor = monitor  # GPU health from the NVML reporters (None: not steered by load)
+        self.first_sent: float | None = None
+        self.frames_done = 0
         self.idle_retire_s = idle_retire_s  # retire workers idle this long (None: never)
         self.idle_since: dict[int, float] = {w: time.monotonic() for w in pool.actors}
         self.scheduler = Scheduler(sorted(pool.actors), max_in_flight=pool.plan.chunks_per_worker)
@@ -145,6 +150,12 @@ class Dispatcher:
             self.scheduler.add(worker)
             self.idle_since[worker] = time.monotonic()
         self._check_dead()
+        if self.monitor is not None:
+            self.monitor.refresh()
+            gpus = {w: info.gpu_uuid for w, info in self.pool.infos.items() if w in self.pool.actors}
+            for worker, reason in self.monitor.health(gpus).items():
+                if self.scheduler.loads.get(worker) and self.scheduler.loads[worker].unhealthy != DIED:
+                    self.scheduler.set_health(worker, reason)
         if self.idle_retire_s is None or self.pending:
             return
         now = time.monotonic()
@@ -179,7 +190,18 @@ class Dispatcher:
             else:
                 self.scheduler.set_health(worker, "")
 
+    @property
+    def backlog_frames(self) -> int:
+        return sum(task.frames for task in self.pending)
+
+    def fps(self) -> float | None:
+        """Frames finished per second since the first chunk went out (None: none yet)."""
+        if self.first_sent is None or not self.frames_done:
+            return None
+        return self.frames_done / max(time.monotonic() - self.first_sent, 1e-6)
+
     def _submit(self, worker: int, task: ChunkTask, copy: bool = False) -> None:
+        self.first_sent = self.first_sent or time.monotonic()
         ref = self.pool.submit(worker, task)
         self.flights[ref] = _Flight(worker, task, time.monotonic(), copy)
         self.idle_since.pop(worker, None)
@@ -242,6 +264,7 @@ class Dispatcher:
             if other.task.key == key:
                 self.pool.stop(other.worker, key)  # the losing copy stops between batches
         self.stats.per_worker_frames[flight.worker] = self.stats.per_worker_frames.get(flight.worker, 0) + result.frames
+        self.frames_done += result.frames
         if flight.copy:
             self.stats.duplicate_wins += 1
         return ChunkDone(task, result)

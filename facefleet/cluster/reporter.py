@@ -367,6 +367,9 @@ def worker_gpu_uuid(
 # --------------------------------------------------------------------------- on Ray
 
 
+REPORTER_PREFIX = "facefleet-nvml"  # reporters are named PREFIX-NODEID
+
+
 def start_reporters(
     interval: float = DEFAULT_INTERVAL_S,
     backend_kind: str = "auto",

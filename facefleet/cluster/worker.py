@@ -13,15 +13,20 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 
 import cv2
 import ray
 
 from facefleet.cluster.chunk import run_chunk
+from facefleet.cluster.reporter import REPORTER_PREFIX, worker_gpu_uuid
 from facefleet.jobs.spec import ChunkResult, ChunkTask, WorkerInfo
 from facefleet.media.image import read_image
 from facefleet.pipeline.processor import Processor, build_processor
 from facefleet.pipeline.spec import PipelineSpec
+
+
+BUSY_FLUSH_S = 0.4
 
 
 class GpuWorker:
@@ -39,6 +44,11 @@ class GpuWorker:
         self._stop: set[tuple[str, int]] = set()  # chunks called off (another copy won)
         self._lock = threading.Lock()
         self._processor(pipeline)
+        self.node_id = ray.get_runtime_context().get_node_id()
+        # after the models' sessions exist: on a real GPU, NVML lists this PID then
+        self.gpu_uuid, self.gpu_backend = worker_gpu_uuid(node=self.node_id)
+        self._busy: list[tuple[str, float, float, int]] = []  # for a simulated GPU's reporter
+        self._busy_sent = time.monotonic()
 
     def _processor(self, spec: PipelineSpec) -> Processor:
         with self._lock:
@@ -57,10 +67,27 @@ class GpuWorker:
             worker_id=self.worker_id,
             pid=os.getpid(),
             node=socket.gethostname(),
-            node_id=ray.get_runtime_context().get_node_id(),
+            node_id=self.node_id,
             cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
             providers=providers,
+            gpu_uuid=self.gpu_uuid,
+            gpu_backend=self.gpu_backend,
         )
+
+    def _record_busy(self, start: float, end: float) -> None:
+        """A simulated GPU's utilization is this worker's real busy time: send it to the
+        node's reporter about twice a second (a real GPU is measured by NVML instead)."""
+        if self.gpu_backend != "simulated" or not self.gpu_uuid:
+            return
+        with self._lock:
+            self._busy.append((self.gpu_uuid, start, end, os.getpid()))
+            if time.monotonic() - self._busy_sent < BUSY_FLUSH_S:
+                return
+            batch, self._busy, self._busy_sent = self._busy, [], time.monotonic()
+        try:
+            ray.get_actor(f"{REPORTER_PREFIX}-{self.node_id}").record_busy_many.remote(batch)
+        except ValueError:
+            pass  # no reporter on this node (none started)
 
     def process(self, task: ChunkTask) -> ChunkResult:
         processor = self._processor(task.pipeline)
@@ -77,6 +104,7 @@ class GpuWorker:
                 threads=self.media_threads,
                 slowdown=self.slowdown,
                 should_stop=lambda: task.key in self._stop,
+                busy=self._record_busy,
             )
         finally:
             self._current.pop(task.key, None)

@@ -272,9 +272,19 @@ def run_jobs(specs: list[JobSpec], pool, progress: JobProgress | None = None, **
 
 
 def run_planned(
-    planned: list[PlannedJob | JobOutcome], pool, progress: JobProgress | None = None, duplicate_tail: bool = True
+    planned: list[PlannedJob | JobOutcome],
+    pool,
+    progress: JobProgress | None = None,
+    duplicate_tail: bool = True,
+    monitor=None,
+    autoscaler=None,
 ) -> list[JobOutcome]:
-    """Run planned jobs on the pool's workers; failed plans pass through as they are."""
+    """Run planned jobs on the pool's workers; failed plans pass through as they are.
+
+    `monitor` (cluster.monitor.GpuMonitor) steers new chunks away from GPUs near their
+    memory limit or throttling; `autoscaler` (cluster.scaling.Autoscaler) is stepped with
+    the backlog and the GPUs' load, and its request released at the end.
+    """
     from facefleet.cluster.dispatch import ChunkDone, Dispatcher
 
     progress = progress or NoProgress()
@@ -297,7 +307,7 @@ def run_planned(
                 item.tasks = plan_simulated(item.spec, item.workdir, slots).tasks
         progress.started(item.spec.job_id, item.spec.input_uri, item.total_frames)
 
-    dispatcher = Dispatcher(pool, duplicate_tail=duplicate_tail)
+    dispatcher = Dispatcher(pool, duplicate_tail=duplicate_tail, monitor=monitor)
     for job in jobs.values():
         if not job.simulated:
             job.workdir.mkdir(parents=True, exist_ok=True)
@@ -341,7 +351,11 @@ def run_planned(
                 last_poll = now
                 _report_progress(jobs, outcomes, dispatcher.refresh_progress(), progress)
                 dispatcher.rebalance()
+                if autoscaler is not None:
+                    _step_autoscaler(autoscaler, dispatcher, monitor)
     finally:
+        if autoscaler is not None:
+            autoscaler.release(time.monotonic(), "the jobs ended")
         dispatcher.wait_for_stragglers(timeout=5.0)
         for job in jobs.values():
             if job.spec.job_id not in outcomes:
@@ -355,6 +369,20 @@ def run_planned(
     run_planned.last_stats = dispatcher.stats  # for benches and tests
     run_planned.last_results = [r for job in jobs.values() for r in job.results.values()]
     return [outcomes[job_id] for job_id in order]
+
+
+def _step_autoscaler(autoscaler, dispatcher, monitor) -> None:
+    import ray
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    fps = dispatcher.fps()
+    autoscaler.step(
+        time.monotonic(),
+        monitor.mean_utilization() if monitor is not None else None,
+        dispatcher.backlog_frames,
+        fps / gpus if fps and gpus else None,
+        gpus,
+    )
 
 
 def _report_progress(jobs: dict[str, PlannedJob], outcomes: dict, current: dict, progress: JobProgress) -> None:

@@ -17,6 +17,10 @@ class PoolOptions:
     workers: int | None = None
     chunks_per_worker: int = 2
     gpu_share: float = 1.0
+    sample_interval: float = 0.5  # NVML reporter sampling, seconds
+    gpu_backend: str = "auto"  # auto | real | simulated
+    autoscale: bool | None = None  # None: when joining a cluster (--address)
+    target_backlog_s: float = 120.0
 
 
 def model_notices(specs: list[JobSpec]) -> list[str]:
@@ -49,8 +53,11 @@ def run_specs(
 ) -> list[JobOutcome]:
     """Run every job; bad inputs are refused before Ray starts, and when all are bad Ray
     does not start at all."""
+    from facefleet.cluster.monitor import GpuMonitor
     from facefleet.cluster.pool import WorkerPool, plan_pool
+    from facefleet.cluster.reporter import REPORTER_PREFIX, start_reporters, stop_reporters
     from facefleet.cluster.runtime import ray_session
+    from facefleet.cluster.scaling import Autoscaler, ScalingPolicy
 
     for line in model_notices(specs):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -65,11 +72,17 @@ def run_specs(
         where = "embedded Ray (127.0.0.1)" if cluster.embedded else f"Ray at {address or 'the current session'}"
         kind = f"{plan.workers} GPU worker(s)" if plan.gpus_per_worker else f"{plan.workers} CPU worker(s)"
         console.print(f"{where}: {cluster.nodes} node(s), {cluster.cpus} CPUs, {cluster.gpus} GPUs; {kind}", highlight=False)
-        pool = WorkerPool(plan, specs[0].pipeline)
+        reporters = start_reporters(options.sample_interval, options.gpu_backend, name_prefix=REPORTER_PREFIX)
+        autoscale = options.autoscale if options.autoscale is not None else bool(address)
+        autoscaler = Autoscaler(ScalingPolicy(target_backlog_s=options.target_backlog_s)) if autoscale else None
+        pool = None
         try:
+            pool = WorkerPool(plan, specs[0].pipeline)
             with RichProgress(console, enabled=progress) as bars:
-                outcomes = run_planned(planned, pool, bars)
+                outcomes = run_planned(planned, pool, bars, monitor=GpuMonitor(reporters), autoscaler=autoscaler)
         finally:
-            pool.shutdown()
+            if pool is not None:
+                pool.shutdown()
+            stop_reporters(reporters)
         print_summary(outcomes)  # before Ray's shutdown, which takes a second or two
     return outcomes

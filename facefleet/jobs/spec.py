@@ -66,6 +66,8 @@ class WorkerInfo:
     node_id: str  # Ray's node id (several nodes can share a host)
     cuda_visible_devices: str | None
     providers: dict[str, str]
+    gpu_uuid: str | None = None  # from NVML by this worker's PID (NVML order ignores CUDA_VISIBLE_DEVICES)
+    gpu_backend: str = ""  # "real" or "simulated" (no NVML: a simulated GPU's UUID)
 
 
 @dataclass(frozen=True)
