@@ -77,6 +77,9 @@ def run(
         None, "--autoscale/--no-autoscale", help="Ask the Ray autoscaler for GPUs (default: on with --address)."
     ),
     target_backlog: float = typer.Option(120.0, "--target-backlog", help="Scale up when the backlog would take longer (s)."),
+    idle_timeout: Optional[float] = typer.Option(
+        None, "--idle-timeout", help="Retire workers idle this long, seconds (default: 60 when autoscaling)."
+    ),
     providers: str = typer.Option("auto", "--execution-providers", help="auto | cuda | cpu."),
     batch_size: int = typer.Option(0, "--batch-size", help="Frames per detector call (0: 16 on GPU, 1 on CPU)."),
     quality: int = typer.Option(65, "--output-video-quality", help="0-100; 65 is x264 CRF 18, 100 is lossless."),
@@ -142,6 +145,7 @@ def run(
         gpu_backend=gpu_backend,
         autoscale=autoscale,
         target_backlog_s=target_backlog,
+        idle_timeout_s=idle_timeout,
     )
     outcomes = run_specs(specs, address, pool, err, progress=not quiet)
     if not all(o.ok for o in outcomes):

@@ -104,3 +104,20 @@ def test_out_of_memory_halves_the_batch_and_retries_the_chunk(sample_factory, tm
     result = run_chunk(job.tasks[0], processor)
     assert (result.frames, result.batch_size, result.oom_retries) == (20, 2, 2)
     assert is_out_of_memory(MemoryError("std::bad_alloc")) and not is_out_of_memory(ValueError("bad frame"))
+
+
+def test_idle_workers_are_retired_while_others_finish(cluster):
+    pool = pool_of([1.0, 10.0])  # worker 1 takes 10x longer over its chunk
+    try:
+        outcome = run_jobs([sim_job("idle", 60, 20, 30)], pool, duplicate_tail=False, idle_retire_s=0.5)[0]
+        retired = 0 not in pool.actors
+    finally:
+        pool.shutdown()
+    assert outcome.ok and outcome.frames == 60
+    assert retired  # worker 0 finished its chunk at 0.6 s and sat idle past 0.5 s
+
+
+def test_no_gpu_means_no_shared_memory_limit():
+    from facefleet.cluster.worker import shared_memory_limit
+
+    assert shared_memory_limit(1.0) == 0 and shared_memory_limit(0.5) == 0  # no NVML here

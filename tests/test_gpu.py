@@ -45,3 +45,12 @@ def test_run_uses_cuda_workers_pinned_to_gpus(sample_factory, tmp_path):
         finally:
             pool.shutdown()
     assert outcome.error is None and outcome.frames == 120 and outcome.providers == (CUDA,)
+
+
+def test_shared_gpu_workers_get_a_memory_limit():
+    from facefleet.cluster.worker import shared_memory_limit
+
+    limit = shared_memory_limit(0.5)
+    assert limit > 10 * 2**30  # half of an 80 GB H100, with headroom
+    session = create_session(get_model("centerface"), provider="cuda", gpu_mem_limit=limit)
+    assert session.session.get_provider_options()[CUDA]["gpu_mem_limit"] == str(limit)

@@ -116,7 +116,10 @@ class WorkerPool:
 
     def _start(self, worker: int):
         slowdown = self.plan.slowdowns[worker] if worker < len(self.plan.slowdowns) else 1.0
-        return self.remote.remote(worker, self.pipeline, self.plan.onnx_threads, self.plan.media_threads, slowdown)
+        share = self.plan.gpus_per_worker if self.plan.gpus_per_worker else 1.0
+        return self.remote.remote(
+            worker, self.pipeline, self.plan.onnx_threads, self.plan.media_threads, slowdown, share
+        )
 
     def submit(self, worker: int, task: ChunkTask) -> ray.ObjectRef:
         return self.actors[worker].process.remote(task)

@@ -27,13 +27,43 @@ from facefleet.pipeline.spec import PipelineSpec
 
 
 BUSY_FLUSH_S = 0.4
+SHARE_HEADROOM = 0.9  # of a worker's share of GPU memory, for onnxruntime's arena
+
+
+def shared_memory_limit(gpu_share: float) -> int:
+    """onnxruntime's CUDA memory limit for a worker that gets `gpu_share` of a GPU (bytes;
+    0 for a whole GPU or no GPU). Uses the smallest GPU NVML sees on this node, since
+    NVML's numbering does not follow CUDA_VISIBLE_DEVICES."""
+    if gpu_share >= 1:
+        return 0
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            totals = [
+                pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).total
+                for i in range(pynvml.nvmlDeviceGetCount())
+            ]
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:
+        return 0  # no NVML: no GPU whose memory needs sharing
+    return int(min(totals) * gpu_share * SHARE_HEADROOM) if totals else 0
 
 
 class GpuWorker:
     def __init__(
-        self, worker_id: int, pipeline: PipelineSpec, threads: int = 0, media_threads: int = 0, slowdown: float = 1.0
+        self,
+        worker_id: int,
+        pipeline: PipelineSpec,
+        threads: int = 0,
+        media_threads: int = 0,
+        slowdown: float = 1.0,
+        gpu_share: float = 1.0,
     ):
         self.worker_id = worker_id
+        self.gpu_mem_limit = shared_memory_limit(gpu_share)
         self.slowdown = slowdown  # simulated chunks only: this worker's speed relative to others
         self.threads = threads  # onnxruntime threads (CPU provider)
         self.media_threads = media_threads  # decoder and encoder threads per chunk
@@ -54,7 +84,9 @@ class GpuWorker:
         with self._lock:
             if spec not in self._processors:
                 reference = read_image(spec.reference_face).bgr if spec.reference_face else None
-                processor = build_processor(spec, threads=self.threads, reference_image=reference)
+                processor = build_processor(
+                    spec, threads=self.threads, reference_image=reference, gpu_mem_limit=self.gpu_mem_limit
+                )
                 processor.warm_up()
                 self._processors[spec] = processor
             return self._processors[spec]

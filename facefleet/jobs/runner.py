@@ -278,12 +278,14 @@ def run_planned(
     duplicate_tail: bool = True,
     monitor=None,
     autoscaler=None,
+    idle_retire_s: float | None = None,
 ) -> list[JobOutcome]:
     """Run planned jobs on the pool's workers; failed plans pass through as they are.
 
     `monitor` (cluster.monitor.GpuMonitor) steers new chunks away from GPUs near their
     memory limit or throttling; `autoscaler` (cluster.scaling.Autoscaler) is stepped with
-    the backlog and the GPUs' load, and its request released at the end.
+    the backlog and the GPUs' load, and its request released at the end. Workers idle
+    for `idle_retire_s` while nothing is left to send are retired (their nodes can go).
     """
     from facefleet.cluster.dispatch import ChunkDone, Dispatcher
 
@@ -307,7 +309,7 @@ def run_planned(
                 item.tasks = plan_simulated(item.spec, item.workdir, slots).tasks
         progress.started(item.spec.job_id, item.spec.input_uri, item.total_frames)
 
-    dispatcher = Dispatcher(pool, duplicate_tail=duplicate_tail, monitor=monitor)
+    dispatcher = Dispatcher(pool, duplicate_tail=duplicate_tail, monitor=monitor, idle_retire_s=idle_retire_s)
     for job in jobs.values():
         if not job.simulated:
             job.workdir.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ class PoolOptions:
     gpu_backend: str = "auto"  # auto | real | simulated
     autoscale: bool | None = None  # None: when joining a cluster (--address)
     target_backlog_s: float = 120.0
+    idle_timeout_s: float | None = None  # retire idle workers (None: 60 s when autoscaling, else never)
 
 
 def model_notices(specs: list[JobSpec]) -> list[str]:
@@ -79,7 +80,10 @@ def run_specs(
         try:
             pool = WorkerPool(plan, specs[0].pipeline)
             with RichProgress(console, enabled=progress) as bars:
-                outcomes = run_planned(planned, pool, bars, monitor=GpuMonitor(reporters), autoscaler=autoscaler)
+                idle = options.idle_timeout_s if options.idle_timeout_s is not None else (60.0 if autoscale else None)
+                outcomes = run_planned(
+                    planned, pool, bars, monitor=GpuMonitor(reporters), autoscaler=autoscaler, idle_retire_s=idle
+                )
         finally:
             if pool is not None:
                 pool.shutdown()

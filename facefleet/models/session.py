@@ -201,8 +201,12 @@ def create_session(
     threads: int = 0,
     path: Path | None = None,
     store: ModelStore | None = None,
+    gpu_mem_limit: int = 0,
 ) -> ModelSession:
     """Load a model for inference and report the provider that actually runs it.
+
+    `gpu_mem_limit` (bytes, 0: none) caps the CUDA provider's memory arena, for workers
+    that share a GPU.
 
     `spec` is a manifest entry (its file is found and checked by `store`, by default the
     user's models directories and the shipped weights; `path` names a file instead) or a
@@ -230,7 +234,10 @@ def create_session(
     providers: list[Any] = [CPU]
     if requested == CUDA:
         _preload_cuda_libraries()
-        providers = [(CUDA, {"cudnn_conv_algo_search": "HEURISTIC"}), CPU]
+        cuda_options: dict[str, Any] = {"cudnn_conv_algo_search": "HEURISTIC"}
+        if gpu_mem_limit:
+            cuda_options["gpu_mem_limit"] = str(int(gpu_mem_limit))
+        providers = [(CUDA, cuda_options), CPU]
     try:
         session = ort.InferenceSession(data, sess_options=options, providers=providers)
     except Exception as exc:

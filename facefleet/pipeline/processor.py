@@ -122,9 +122,10 @@ class ModelLoader:
     """Sessions for a pipeline's models: found and checked by the model store, or the
     files the user trusts (`--trust-model NAME=PATH`)."""
 
-    def __init__(self, spec: PipelineSpec, threads: int = 0):
+    def __init__(self, spec: PipelineSpec, threads: int = 0, gpu_mem_limit: int = 0):
         self.spec = spec
         self.threads = threads
+        self.gpu_mem_limit = gpu_mem_limit
         self.store = ModelStore(spec.models_dir)
         self.trusted = dict(spec.trusted)
 
@@ -136,7 +137,9 @@ class ModelLoader:
         return self.store.locate(model)
 
     def session(self, name: str) -> ModelSession:
-        return create_session(self.resolve(name), provider=self.spec.provider, threads=self.threads)
+        return create_session(
+            self.resolve(name), provider=self.spec.provider, threads=self.threads, gpu_mem_limit=self.gpu_mem_limit
+        )
 
 
 def landmarker_for(session: ModelSession):
@@ -160,12 +163,15 @@ def reference_of(
     return reference_embedding(recognizer, image, five, found.boxes, spec.reference_position)
 
 
-def build_processor(spec: PipelineSpec, threads: int = 0, reference_image: np.ndarray | None = None) -> Processor:
+def build_processor(
+    spec: PipelineSpec, threads: int = 0, reference_image: np.ndarray | None = None, gpu_mem_limit: int = 0
+) -> Processor:
     """Load the models a pipeline needs and return its processor.
 
-    `reference_image` (BGR) is the picture `spec.reference_face` names, read by the caller.
+    `reference_image` (BGR) is the picture `spec.reference_face` names, read by the caller;
+    `gpu_mem_limit` caps each model's CUDA memory (bytes; workers sharing a GPU).
     """
-    loader = ModelLoader(spec, threads)
+    loader = ModelLoader(spec, threads, gpu_mem_limit)
     sessions = {"detect": loader.session(spec.detector)}
     detector = FaceDetector(
         sessions["detect"], detect_size=spec.detect_size, threshold=spec.threshold, angles=spec.detector_angles
