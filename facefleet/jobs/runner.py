@@ -95,15 +95,17 @@ class PlannedJob:
 SIMULATED = "simulated://"
 
 
-def simulated_uri(frames: int, ms_per_frame: float, failing: tuple[int, ...] = ()) -> str:
+def simulated_uri(frames: int, ms_per_frame: float, failing: tuple[int, ...] = (), **params: float) -> str:
     """An input that is no file: FRAMES frames costing MS milliseconds each (sleeping),
-    and chunks that always fail (by index).
+    chunks that always fail (by index), and further simulated costs passed to the worker
+    as `ChunkTask.simulate_params` (e.g. decode_ms=, encode_ms=).
 
     For scheduling tests and benches on machines without GPUs; nothing is written, and
     its figures are simulated.
     """
     fail = f"&fail={'+'.join(map(str, failing))}" if failing else ""
-    return f"{SIMULATED}{frames}?ms={ms_per_frame}{fail}"
+    extra = "".join(f"&{k}={v}" for k, v in sorted(params.items()))
+    return f"{SIMULATED}{frames}?ms={ms_per_frame}{fail}{extra}"
 
 
 def plan_simulated(spec: JobSpec, workdir: Path, slots: int) -> PlannedJob:
@@ -111,13 +113,14 @@ def plan_simulated(spec: JobSpec, workdir: Path, slots: int) -> PlannedJob:
     params = dict(part.split("=", 1) for part in query.split("&") if "=" in part)
     frames, ms = int(head), float(params.get("ms", 10))
     failing = tuple(int(i) for i in params.get("fail", "").split("+") if i)
+    extra = tuple(sorted((k, float(v)) for k, v in params.items() if k not in ("ms", "fail")))
     chunk_frames = spec.chunk_frames or auto_chunk_frames(frames, slots)
     taper = 0 if spec.chunk_frames else slots
     tasks = [
         ChunkTask(
             job_id=spec.job_id, index=i, kind="simulated", input_uri=spec.input_uri, segment_uri="",
             pipeline=spec.pipeline, encode=spec.encode, start=r.start, frames=r.frames, simulate_ms=ms,
-            simulate_failures=failing,
+            simulate_failures=failing, simulate_params=extra,
         )
         for i, r in enumerate(plan_ranges(frames, (0,), chunk_frames, taper_slots=taper))
     ]

@@ -52,6 +52,7 @@ class ChunkTask:
     table_uri: str = ""  # where the worker writes this chunk's face rows (analyze), "" for none
     simulate_ms: float = 0.0  # simulated chunks: milliseconds per frame
     simulate_failures: tuple[int, ...] = ()  # simulated chunks: indices that always fail
+    simulate_params: tuple[tuple[str, float], ...] = ()  # simulated chunks: other costs (decode_ms, encode_ms, ...)
 
     @property
     def key(self) -> tuple[str, int]:
