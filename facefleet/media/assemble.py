@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import av
 
 from facefleet.errors import InputError, OutputError
+from facefleet.media import storage
 from facefleet.media.encode import container_options
-from facefleet.media.probe import VideoInfo, open_input
+from facefleet.media.probe import REMOTE_BUFFER_BYTES, VideoInfo, open_input
 
 # Muxer name for an output file extension.
 MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}
@@ -35,13 +37,14 @@ def _timed(packets: Iterator[av.Packet], order: int) -> Iterator[tuple[float, in
         yield float(packet.dts * packet.time_base), order, packet
 
 
-def assemble(info: VideoInfo, segments: list[Path], output: Path) -> int:
+def assemble(info: VideoInfo, segments: list[Path | str], output: Path) -> int:
     """Write `output` from the segments (in order) and the input's audio; return frames written.
 
-    `output` is the final file's temporary name; its extension picks the container.
+    `output` is the final file's temporary name; its extension picks the container. The
+    input and the segments may be local paths or object storage URIs.
     """
     fmt = output_format(output)
-    with open_input(info.uri) as source, av.open(segments[0].as_posix()) as first:
+    with open_input(info.uri) as source, _open_segment(segments[0]) as first:
         template = first.streams.video[0]
         extradata = template.codec_context.extradata
         options = container_options(fmt, info.time_base)
@@ -86,12 +89,18 @@ def assemble(info: VideoInfo, segments: list[Path], output: Path) -> int:
     return frames
 
 
-def _checked_segments(segments: list[Path], extradata: bytes | None) -> Iterator[av.Packet]:
+@contextmanager
+def _open_segment(path: Path | str) -> Iterator[av.container.InputContainer]:
+    with storage.open_input(str(path)) as source, av.open(source, buffer_size=REMOTE_BUFFER_BYTES) as seg:
+        yield seg
+
+
+def _checked_segments(segments: list[Path | str], extradata: bytes | None) -> Iterator[av.Packet]:
     """Packets of every segment, refusing segments whose codec setup differs from the first."""
     for path in segments:
-        with av.open(str(path)) as seg:
+        with _open_segment(path) as seg:
             stream = seg.streams.video[0]
             if stream.codec_context.extradata != extradata:
-                raise OutputError(f"segment {path.name} was encoded with different codec settings")
+                raise OutputError(f"segment {Path(str(path)).name} was encoded with different codec settings")
             yield from seg.demux(stream)
 

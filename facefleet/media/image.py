@@ -6,6 +6,7 @@ and the output, written without the tag, displays exactly as the input did.
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import cv2
 import numpy as np
 
 from facefleet.errors import InputError, OutputError
+from facefleet.media import storage
 
 
 @dataclass
@@ -33,17 +35,38 @@ def _check_file(uri: str, path: Path) -> None:
         raise InputError(uri, "file is empty (0 bytes)")
 
 
+HEAD_BYTES = 4096  # more than any image signature OpenCV checks
+
+
 def check_image(uri: str) -> None:
     """A cheap look before any work (for planning): the file exists, is not empty and
     starts like an image format OpenCV reads. Damage further in is found by read_image."""
-    path = Path(uri)
-    _check_file(uri, path)
-    try:
-        readable = cv2.haveImageReader(str(path))
-    except cv2.error:
-        readable = False
+    if storage.is_remote(uri):
+        readable = _remote_head_readable(uri)
+    else:
+        path = Path(storage.local_path(uri))
+        _check_file(uri, path)
+        readable = _have_reader(str(path))
     if not readable:
         raise InputError(uri, NOT_AN_IMAGE)
+
+
+def _have_reader(path: str) -> bool:
+    try:
+        return cv2.haveImageReader(path)
+    except cv2.error:
+        return False
+
+
+def _remote_head_readable(uri: str) -> bool:
+    """OpenCV recognizes formats by the first bytes of a file: give it just those."""
+    head = storage.read_bytes(uri, limit=HEAD_BYTES)
+    if not head:
+        raise InputError(uri, "file is empty (0 bytes)")
+    with tempfile.NamedTemporaryFile(suffix=Path(uri).suffix) as f:
+        f.write(head)
+        f.flush()
+        return _have_reader(f.name)
 
 
 ALPHA_FORMATS = (".png", ".webp", ".tif", ".tiff")
@@ -57,18 +80,22 @@ def _decode(data: np.ndarray, flags: int) -> np.ndarray | None:
 
 
 def read_image(uri: str) -> Image:
-    path = Path(uri)
-    _check_file(uri, path)
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as exc:
-        raise InputError(uri, f"cannot read ({exc.strerror or exc})") from None
+    """Read a local or remote (object storage) image; remote bytes are decoded in memory."""
+    if storage.is_remote(uri):
+        data = np.frombuffer(storage.read_bytes(uri), dtype=np.uint8)
+    else:
+        path = Path(storage.local_path(uri))
+        _check_file(uri, path)
+        try:
+            data = np.fromfile(path, dtype=np.uint8)
+        except OSError as exc:
+            raise InputError(uri, f"cannot read ({exc.strerror or exc})") from None
     if data.size == 0:
         raise InputError(uri, "file is empty (0 bytes)")
     # OpenCV applies the EXIF orientation unless asked for the image "unchanged", which is
     # only needed to keep an alpha channel (formats without alpha are decoded once).
     image = _decode(data, cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH)
-    if image is not None and path.suffix.lower() in ALPHA_FORMATS:
+    if image is not None and Path(uri).suffix.lower() in ALPHA_FORMATS:
         unchanged = _decode(data, cv2.IMREAD_UNCHANGED)
         if unchanged is not None and unchanged.ndim == 3 and unchanged.shape[2] == 4:
             image = unchanged

@@ -6,6 +6,9 @@ so it is fast even for long videos; the frame list is the sorted packet timestam
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -13,6 +16,7 @@ from pathlib import Path
 import av
 
 from facefleet.errors import InputError
+from facefleet.media import storage
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".wmv", ".flv")
@@ -48,19 +52,38 @@ class VideoInfo:
         return float((self.frame_pts[-1] - self.frame_pts[0]) * self.time_base + 1 / self.rate)
 
 
-def open_input(uri: str) -> av.container.InputContainer:
-    """Open a media input, turning every failure into an InputError that names it."""
-    path = Path(uri)
+REMOTE_BUFFER_BYTES = 1 << 20  # FFmpeg's reads from an object store: one ranged GET each
+
+
+@contextmanager
+def open_input(uri: str) -> Iterator[av.container.InputContainer]:
+    """Open a media input (a local path or an object storage URI), turning every failure
+    into an InputError that names it."""
+    with storage.open_input(uri) as source:
+        if isinstance(source, str):
+            _check_local(uri, Path(source))
+        elif source.size() == 0:
+            raise InputError(uri, "file is empty (0 bytes)")
+        with _open_container(uri, source) as container:
+            yield container
+
+
+def _check_local(uri: str, path: Path) -> None:
     if not path.exists():
         raise InputError(uri, "file not found")
     if path.is_dir():
         raise InputError(uri, "is a directory, not a media file")
     if path.stat().st_size == 0:
         raise InputError(uri, "file is empty (0 bytes)")
+
+
+def _open_container(uri: str, source) -> av.container.InputContainer:
     try:
-        return av.open(uri, mode="r")
+        if isinstance(source, str):
+            return av.open(source, mode="r")
+        return av.open(source, mode="r", buffer_size=REMOTE_BUFFER_BYTES)
     except av.error.FFmpegError as exc:
-        truncated = cut_short(path)
+        truncated = cut_short(uri)
         if truncated:
             raise InputError(uri, truncated) from None
         if isinstance(exc, av.error.EOFError):
@@ -76,7 +99,7 @@ def _reason(exc: Exception) -> str:
     return " ".join(str(text).split())
 
 
-def cut_short(path: Path) -> str | None:
+def cut_short(uri: str | Path) -> str | None:
     """Why a file is shorter than its own container header says, or None if it is not.
 
     MP4/MOV: a top-level box (size, type) that runs past the end of the file, or no
@@ -84,14 +107,15 @@ def cut_short(path: Path) -> str | None:
     past the end. Other formats, and files whose sizes are unknown, are not judged.
     """
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
+        with storage.open_binary(str(uri)) as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(0)
             head = f.read(12)
             if head[4:8] == b"ftyp":
                 return _cut_short_mp4(f, size)
             if head[:4] == _EBML:
                 return _cut_short_matroska(f, size)
-    except OSError:
+    except (OSError, InputError):
         pass  # unreadable: opening it says why
     return None
 
@@ -225,7 +249,7 @@ def _check_complete(uri: str, stream, pts_list: list[int]) -> None:
     the demuxer returns is not enough on its own (edit lists can hide frames), so the
     frame count only adds detail to a file that is cut.
     """
-    truncated = cut_short(Path(uri))
+    truncated = cut_short(uri)
     if truncated:
         declared = stream.frames or 0
         if declared > len(pts_list):
