@@ -127,7 +127,7 @@ def run_chunk(
             if should_stop():
                 raise ChunkStopped(str(task.key))
             if task.kind == "simulated":
-                frames, faces, seconds = _run_simulated(task, progress, slowdown, should_stop, busy), 0, {}
+                (frames, seconds), faces = _run_simulated(task, progress, slowdown, should_stop, busy), 0
             elif task.kind == "image":
                 faces, seconds = _run_image(task, processor)
                 frames = 1
@@ -156,29 +156,56 @@ def run_chunk(
     )
 
 
+SIMULATED_BATCH = 10  # frames per simulated model call unless the task says `batch`
+
+
 def _run_simulated(
     task: ChunkTask,
     progress: Callable[[int], None],
     slowdown: float,
     should_stop: Callable[[], bool],
     busy: Callable[[float, float], None],
-) -> int:
-    """A stand-in chunk for scheduling tests and benches: sleeps frames x ms (x slowdown).
+) -> tuple[int, dict[str, float]]:
+    """A stand-in chunk for scheduling tests, benches and report tests: it sleeps instead
+    of working. Nothing is decoded or written; results of such jobs are labelled simulated.
 
-    Nothing is decoded or written; results of such jobs are labelled simulated.
+    Its costs, in milliseconds (all times `slowdown`): `task.simulate_ms` per frame on the
+    GPU (told to `busy`), and from `task.simulate_params`: `overhead_ms` per model call of
+    `batch` frames (host side: launch, copies, sync; the GPU waits), `post_ms` per frame of
+    CPU work in the processing thread (blur, paste), `decode_ms` and `encode_ms` per frame
+    on the decode and encode threads. As in a real chunk those threads overlap the
+    processing thread, so a batch takes the longest of the three and the processing
+    thread waits out the rest. Other params are ignored. Returns the frames and the
+    seconds per stage, named as a real chunk names them.
     """
     if task.index in task.simulate_failures:
         raise RuntimeError(f"simulated failure of chunk {task.index}")
-    step = 10
-    for done in range(0, task.frames, step):
+    params = dict(task.simulate_params)
+    batch = max(1, int(params.get("batch", SIMULATED_BATCH)))
+
+    def cost(name: str, frames: int) -> float:
+        return frames * params.get(name, 0.0) * slowdown / 1000
+
+    seconds = {"decode": 0.0, "detect": 0.0, "encode": 0.0} | ({"anonymize": 0.0} if "post_ms" in params else {})
+    for done in range(0, task.frames, batch):
         if should_stop():
             raise ChunkStopped(str(task.key))
-        n = min(step, task.frames - done)
+        n = min(batch, task.frames - done)
+        overhead, gpu, post = cost("overhead_ms", 1), n * task.simulate_ms * slowdown / 1000, cost("post_ms", n)
+        decode, encode = cost("decode_ms", n), cost("encode_ms", n)
+        processing = overhead + gpu + post
+        time.sleep(overhead)
         t0 = time.time()
-        time.sleep(n * task.simulate_ms * slowdown / 1000)
+        time.sleep(gpu)
         busy(t0, time.time())
+        time.sleep(post + max(decode, processing, encode) - processing)
+        seconds["decode"] += decode
+        seconds["detect"] += overhead + gpu
+        seconds["encode"] += encode
+        if post:
+            seconds["anonymize"] += post
         progress(done + n)
-    return task.frames
+    return task.frames, seconds
 
 
 def _run_image(task: ChunkTask, processor: Processor) -> tuple[int, dict[str, float]]:

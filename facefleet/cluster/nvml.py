@@ -356,6 +356,8 @@ SIM_IDLE_W, SIM_MAX_W = 70.0, 700.0
 SIM_IDLE_C, SIM_MAX_C = 30.0, 70.0
 SIM_IDLE_MHZ, SIM_BUSY_MHZ = 345.0, 1980.0
 SIM_MEMORY_UTIL_RATIO = 0.4  # memory controller busy per unit of kernel time
+SIM_THROTTLED_MHZ = 1200.0  # SM clock of a busy GPU held back by a limiting reason
+SIM_THROTTLED_C = 88.0  # temperature of a busy GPU throttling for heat
 
 
 def simulated_uuid(index: int, node: str = "") -> str:
@@ -395,6 +397,12 @@ class SimulatedNvml:
     window sampled too early would miss them for good. With `lag_s`, the sample taken at
     `now` describes the window ending at `now - lag_s` (and carries that time): set it
     to the feeders' flush period plus the call's latency.
+
+    For tests of what reports make of a troubled GPU: `memory_base` {GPU index: bytes}
+    adds memory in use on that GPU at all times (other tenants, large models), and
+    `throttle` {GPU index: reason} makes that GPU report the limiting reason (e.g.
+    "thermal", "power_cap"; see LIMITING_REASONS) whenever it is busy, with its SM clock
+    down to SIM_THROTTLED_MHZ (and, for heat, its temperature up to SIM_THROTTLED_C).
     """
 
     backend = "simulated"
@@ -409,9 +417,16 @@ class SimulatedNvml:
         clock: Callable[[], float] = time.time,
         keep_s: float = 60.0,
         lag_s: float = 0.0,
+        memory_base: Mapping[int, int] | None = None,
+        throttle: Mapping[int, str] | None = None,
     ):
         if window_s <= 0 or lag_s < 0:
             raise ValueError("window_s must be positive and lag_s not negative")
+        unknown = set((throttle or {}).values()) - LIMITING_REASONS
+        if unknown:
+            raise ValueError(f"not a limiting throttle reason: {', '.join(sorted(unknown))}")
+        self.memory_base = dict(memory_base or {})
+        self.throttle = dict(throttle or {})
         self.node = node
         self.window_s = window_s
         self.lag_s = lag_s
@@ -503,7 +518,12 @@ class SimulatedNvml:
 
     def _model(self, device: DeviceInfo, now: float, fraction: float, processes: dict[int, float]) -> GpuSample:
         total = device.memory_total
-        used = min(total, len(processes) * SIM_CONTEXT_BYTES + int(fraction * SIM_WORKING_FRACTION * total))
+        used = len(processes) * SIM_CONTEXT_BYTES + int(fraction * SIM_WORKING_FRACTION * total)
+        used = min(total, used + self.memory_base.get(device.index, 0))
+        reason = self.throttle.get(device.index) if fraction > 0 else None
+        temperature = SIM_IDLE_C + fraction * (SIM_MAX_C - SIM_IDLE_C)
+        if reason in ("thermal", "hw_thermal"):
+            temperature = max(temperature, SIM_THROTTLED_C)
         return GpuSample(
             time=now,
             node=self.node,
@@ -515,11 +535,11 @@ class SimulatedNvml:
             memory_used=used,
             memory_total=total,
             power_w=round(SIM_IDLE_W + fraction * (SIM_MAX_W - SIM_IDLE_W), 3),
-            temperature_c=round(SIM_IDLE_C + fraction * (SIM_MAX_C - SIM_IDLE_C), 3),
-            sm_clock_mhz=SIM_BUSY_MHZ if fraction > 0 else SIM_IDLE_MHZ,
+            temperature_c=round(temperature, 3),
+            sm_clock_mhz=(SIM_THROTTLED_MHZ if reason else SIM_BUSY_MHZ) if fraction > 0 else SIM_IDLE_MHZ,
             encoder=0.0,
             decoder=0.0,
-            throttle_reasons=() if fraction > 0 else ("idle",),
+            throttle_reasons=(reason,) if reason else (() if fraction > 0 else ("idle",)),
             sm_activity=None,  # GPM is not simulated
             processes=processes,
             process_memory={p: SIM_CONTEXT_BYTES for p in processes},
