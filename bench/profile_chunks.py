@@ -40,7 +40,10 @@ def main() -> None:
     p.add_argument("--chunk-frames", type=int, default=150)
     p.add_argument("--provider", default="auto")
     p.add_argument("--out", default="/tmp/profile_out.mp4")
+    p.add_argument("--switch-interval", type=float, default=0.0, help="sys.setswitchinterval (0: leave)")
     args = p.parse_args()
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
     if args.cv2_threads >= 0:
         cv2.setNumThreads(args.cv2_threads)
     pipeline = PipelineSpec(batch_size=args.batch_size, provider=args.provider)

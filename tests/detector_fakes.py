@@ -235,6 +235,7 @@ class RecordingSession:
         self.session = model.session
         self.provider = model.provider
         self.requested = model.requested
+        self.pads_batches = model.pads_batches  # tests may set it to act as a GPU session
         self.batches: list[int] = []
 
     def run(self, feeds):

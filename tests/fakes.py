@@ -134,6 +134,7 @@ class RecordingSession:
 
     def __init__(self, model: ModelSession):
         self.model = model
+        self.pads_batches = model.pads_batches  # tests may set it to act as a GPU session
         self.batches: list[int] = []
 
     def __getattr__(self, name):

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from facefleet.models.manifest import ModelSpec
+from facefleet.models.session import pad_rows
 
 # 5-point templates normalised by the crop size, as FaceFusion publishes them
 # (facefusion/face_helper.py, WARP_TEMPLATE_SET). In crop pixels:
@@ -297,10 +298,21 @@ def fixed_batch(model_inputs) -> int | None:
     return None
 
 
-def run_batched(model, input_name: str, tensor: np.ndarray, extra_feeds: dict | None = None) -> np.ndarray:
-    """Run a ModelSession on `tensor`, in slices when the model pins its batch size."""
-    limit = fixed_batch(model.session.get_inputs()) or len(tensor)
-    outputs = [
-        model.run({input_name: tensor[i : i + limit], **(extra_feeds or {})})[0] for i in range(0, len(tensor), max(limit, 1))
-    ]
+def run_batched(
+    model, input_name: str, tensor: np.ndarray, extra_feeds: dict | None = None, pad_to: int | None = None
+) -> np.ndarray:
+    """Run a ModelSession on `tensor`, in slices when the model pins its batch size.
+
+    On a GPU every call has the same shape, `pad_to` rows (short batches padded with
+    zeros): a call whose shape differs from the last makes onnxruntime plan its
+    convolutions again, which costs seconds (ModelSession.pads_batches).
+    """
+    pads = bool(pad_to) and getattr(model, "pads_batches", False)
+    limit = fixed_batch(model.session.get_inputs()) or (pad_to if pads else len(tensor))
+    limit = max(limit, 1)
+    outputs = []
+    for i in range(0, len(tensor), limit):
+        part = tensor[i : i + limit]
+        feed = pad_rows(part, limit) if pads else part
+        outputs.append(np.asarray(model.run({input_name: feed, **(extra_feeds or {})})[0])[: len(part)])
     return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)

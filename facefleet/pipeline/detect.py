@@ -14,13 +14,15 @@ normalisation of each model comes from its ModelSpec.
 
 from __future__ import annotations
 
+import itertools
+
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
-from facefleet.models.session import ModelSession
+from facefleet.models.session import ModelSession, pad_rows
 from facefleet.pipeline.geometry import DetectGeometry, detect_geometry, nms
 
 NMS_IOU = 0.4
@@ -116,17 +118,24 @@ def fixed_input_size(model: ModelSession) -> tuple[int, int] | None:
     return None
 
 
+def call_size(model: ModelSession, limit: int | None) -> int | None:
+    """Most items one model call takes: the graph's pinned batch or `limit` (None: any)."""
+    sizes = [s for s in (fixed_batch(model), limit) if s]
+    return max(1, min(sizes)) if sizes else None
+
+
 def call_slices(n: int, model: ModelSession, limit: int | None) -> Iterator[slice]:
     """Consecutive slices of n items, each small enough for one model call."""
-    step = n
-    pinned = fixed_batch(model)
-    if pinned:
-        step = min(step, pinned)
-    if limit:
-        step = min(step, limit)
-    step = max(1, step)
+    step = max(1, min(n, call_size(model, limit) or n))
     for start in range(0, n, step):
         yield slice(start, min(n, start + step))
+
+
+def padded_size(model: ModelSession, limit: int | None, n: int) -> int:
+    """Rows to run n items as: the full call size on a GPU (one shape for every call,
+    see ModelSession.pads_batches), else n."""
+    size = call_size(model, limit)
+    return max(n, size) if size and model.pads_batches else n
 
 
 def _finish(
@@ -510,10 +519,11 @@ class FaceDetector:
         for part in call_slices(len(frames), self.model, self.max_batch):
             chunk = frames[part]
             batch = prepare_batch(chunk, geom, spec.channels, spec.scale, spec.mean, spec.std)
-            outputs = self.model.run({spec.input_name: batch})
+            rows = padded_size(self.model, self.max_batch, len(chunk))
+            outputs = self.model.run({spec.input_name: pad_rows(batch, rows)})
             # one angle: its NMS is the final one; several: each angle's own, merged later
             iou = self.nms_iou if len(self.angles) == 1 else NMS_IOU
-            for decoded in self._decode(outputs, len(chunk), geom):
+            for decoded in itertools.islice(self._decode(outputs, rows, geom), len(chunk)):
                 results.append(_finish(*decoded, geom, frame_w, frame_h, iou))
         return results
 

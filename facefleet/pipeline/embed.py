@@ -51,7 +51,7 @@ class Recognizer:
         out = []
         for start in range(0, len(crops), self.batch_size):
             batch = to_model_input(crops[start : start + self.batch_size], spec)
-            embedding = run_batched(self.model, spec.input_name, batch)
+            embedding = run_batched(self.model, spec.input_name, batch, pad_to=self.batch_size)
             out.append(l2_normalize(np.asarray(embedding).reshape(len(batch), -1)))
         if not out:
             return np.zeros((0, 0), np.float32)

@@ -120,5 +120,5 @@ class Enhancer:
 
     def _run(self, crops: np.ndarray) -> np.ndarray:
         spec = self.model.spec
-        output = run_batched(self.model, spec.input_name, to_model_input(crops, spec), self.extra_feeds)
+        output = run_batched(self.model, spec.input_name, to_model_input(crops, spec), self.extra_feeds, self.batch_size)
         return from_model_output(output, spec)

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from facefleet.models.session import ModelSession
-from facefleet.pipeline.detect import Detections, call_slices, fixed_input_size, normalize
+from facefleet.models.session import ModelSession, pad_rows
+from facefleet.pipeline.detect import Detections, call_slices, fixed_input_size, normalize, padded_size
 
 MAX_FACES_PER_CALL = 64
 
@@ -257,8 +257,9 @@ class _CropLandmarker:
             crops = crops[..., ::-1]
         batch = np.ascontiguousarray(crops.transpose(0, 3, 1, 2), dtype=np.float32)
         batch = normalize(batch, spec.scale, spec.mean, spec.std)
-        outputs = self.model.run({spec.input_name: batch})
-        pts, conf = self._decode(outputs, len(chosen))
+        rows = padded_size(self.model, self.max_faces, len(chosen))
+        outputs = self.model.run({spec.input_name: pad_rows(batch, rows)})
+        pts, conf = self._decode([np.asarray(o)[: len(chosen)] for o in outputs], len(chosen))
         return uncrop_points(pts, matrices), conf
 
 

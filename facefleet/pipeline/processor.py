@@ -90,6 +90,16 @@ class Processor:
         self.batch_size = spec.batch_size or (GPU_BATCH if on_gpu else CPU_BATCH)
 
     @property
+    def batch_size(self) -> int:
+        """Frames per detector call (halved after an out-of-memory error)."""
+        return self._batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        self._batch_size = value
+        self.detector.max_batch = value  # also the shape every GPU call keeps (short batches padded)
+
+    @property
     def providers(self) -> dict[str, str]:
         """Stage name -> execution provider actually running it."""
         return {stage: session.provider for stage, session in self.sessions.items()}
