@@ -62,7 +62,7 @@ def test_debug_draws_and_chains_with_analyze(sample_factory, tmp_path):
     x1, y1 = int(row["x1"]), int(row["y1"])
     # a green box edge is drawn where the face box starts; far from faces nothing changes
     edge = after[10][y1 + 5 : y1 + 15, max(0, x1 - 1) : x1 + 2].astype(int)
-    assert (edge[..., 1] - edge[..., 2]).mean() > 60
+    assert (edge[..., 1] - edge[..., 2]).mean() > 45  # green over red, after 4:2:0 chroma averaging
     assert (tmp_path / "debug.tracks.parquet").exists()
 
 

@@ -8,6 +8,8 @@ when it analyzes (either or both). Nothing here knows about Ray.
 
 from __future__ import annotations
 
+import hashlib
+
 import queue
 import threading
 import time
@@ -22,7 +24,7 @@ from facefleet.errors import FacefleetError, InputError
 from facefleet.jobs.spec import ChunkResult, ChunkTask
 from facefleet.media.decode import decode_range
 from facefleet.media.encode import SegmentWriter
-from facefleet.media.files import atomic_output
+from facefleet.media.files import atomic_output, durable_checksum
 from facefleet.media.image import read_image, write_image
 from facefleet.pipeline.faces import FrameItem
 from facefleet.pipeline.processor import Processor
@@ -141,6 +143,7 @@ def run_chunk(
             retries += 1
     seconds["total"] = time.perf_counter() - started
     return ChunkResult(
+        checksum=chunk_checksum(task),
         job_id=task.job_id,
         index=task.index,
         segment_uri=task.segment_uri,
@@ -157,6 +160,15 @@ def run_chunk(
 
 
 SIMULATED_BATCH = 10  # frames per simulated model call unless the task says `batch`
+
+
+def chunk_checksum(task: ChunkTask) -> str:
+    """The sha256 of what the chunk wrote (its segment, else its face table), made durable
+    first; a simulated chunk writes nothing and gets one of its name."""
+    for uri in (task.segment_uri, task.table_uri):
+        if uri:
+            return durable_checksum(Path(uri))
+    return hashlib.sha256(f"simulated {task.job_id} {task.index}".encode()).hexdigest()
 
 
 def _run_simulated(

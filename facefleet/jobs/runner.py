@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections import deque
 from fractions import Fraction
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +19,10 @@ from facefleet.errors import FacefleetError, one_line
 from facefleet.jobs.spec import ChunkResult, ChunkTask, JobSpec
 from facefleet.media.assemble import assemble, output_format
 from facefleet.media.encode import output_pix_fmt
-from facefleet.media.files import atomic_output, publish
+from facefleet.media.files import publish
+from facefleet.media.storage import output_file
 from facefleet.media.image import check_image
-from facefleet.media.plan import auto_chunk_frames, keyframe_at_or_before, plan_ranges
+from facefleet.media.plan import FrameRange, auto_chunk_frames, keyframe_at_or_before, plan_ranges
 from facefleet.media.probe import IMAGE_EXTENSIONS, VideoInfo, is_image, probe_video
 from facefleet.pipeline.processor import pipeline_context
 from facefleet.report.faces import merge_face_tables
@@ -78,6 +80,7 @@ class PlannedJob:
     in_flight: int = 0
     error: str | None = None
     started: float | None = None
+    priority: int = 0  # higher first when jobs share the workers (JobRunner with feed)
 
     @property
     def total_frames(self) -> int:
@@ -108,7 +111,7 @@ def simulated_uri(frames: int, ms_per_frame: float, failing: tuple[int, ...] = (
     return f"{SIMULATED}{frames}?ms={ms_per_frame}{fail}{extra}"
 
 
-def plan_simulated(spec: JobSpec, workdir: Path, slots: int) -> PlannedJob:
+def plan_simulated(spec: JobSpec, workdir: Path, slots: int, ranges: list[FrameRange] | None = None) -> PlannedJob:
     head, _, query = spec.input_uri[len(SIMULATED):].partition("?")
     params = dict(part.split("=", 1) for part in query.split("&") if "=" in part)
     frames, ms = int(head), float(params.get("ms", 10))
@@ -122,17 +125,21 @@ def plan_simulated(spec: JobSpec, workdir: Path, slots: int) -> PlannedJob:
             pipeline=spec.pipeline, encode=spec.encode, start=r.start, frames=r.frames, simulate_ms=ms,
             simulate_failures=failing, simulate_params=extra,
         )
-        for i, r in enumerate(plan_ranges(frames, (0,), chunk_frames, taper_slots=taper))
+        for i, r in enumerate(ranges or plan_ranges(frames, (0,), chunk_frames, taper_slots=taper))
     ]
     return PlannedJob(spec, None, tasks, workdir)
 
 
-def plan_job(spec: JobSpec, slots: int = 1) -> PlannedJob:
-    """Probe the input and cut it into chunk tasks (raises FacefleetError for bad input)."""
+def plan_job(spec: JobSpec, slots: int = 1, workdir: Path | None = None, ranges: list[FrameRange] | None = None) -> PlannedJob:
+    """Probe the input and cut it into chunk tasks (raises FacefleetError for bad input).
+
+    Segments go to `workdir` (default: a hidden directory beside the output); `ranges`
+    gives the chunks' frame ranges (a plan recorded earlier) instead of planning them.
+    """
     output = Path(spec.output_uri)
-    workdir = output.parent / f"{WORKDIR_PREFIX}{spec.job_id}"
+    workdir = workdir or output.parent / f"{WORKDIR_PREFIX}{spec.job_id}"
     if spec.input_uri.startswith(SIMULATED):
-        return plan_simulated(spec, workdir, slots)
+        return plan_simulated(spec, workdir, slots, ranges)
     video_out = spec.pipeline.writes_video
     if is_image(spec.input_uri):
         check_image(spec.input_uri)  # missing, empty or not an image: refuse it here, not in a worker
@@ -154,7 +161,7 @@ def plan_job(spec: JobSpec, slots: int = 1) -> PlannedJob:
     if video_out:
         output_format(output)  # refuse an unknown container before any work
     check_table_output(spec)
-    return PlannedJob(spec, info, video_tasks(spec, info, workdir, slots), workdir)
+    return PlannedJob(spec, info, video_tasks(spec, info, workdir, slots, ranges), workdir)
 
 
 def table_outputs(spec: JobSpec) -> tuple[Path, Path]:
@@ -176,14 +183,18 @@ def check_table_output(spec: JobSpec) -> None:
         raise FacefleetError(f"{spec.output_uri}: the analyze pipeline writes a table: name the output NAME.parquet")
 
 
-def video_tasks(spec: JobSpec, info: VideoInfo, workdir: Path, slots: int) -> list[ChunkTask]:
+def video_tasks(
+    spec: JobSpec, info: VideoInfo, workdir: Path, slots: int, ranges: list[FrameRange] | None = None
+) -> list[ChunkTask]:
     """Cut a probed video into chunk tasks; `slots` is how many chunks can run at once."""
-    chunk_frames = spec.chunk_frames or auto_chunk_frames(info.frames, slots)
-    taper = 0 if spec.chunk_frames else slots  # automatic chunks shrink toward the end
+    if ranges is None:
+        chunk_frames = spec.chunk_frames or auto_chunk_frames(info.frames, slots)
+        taper = 0 if spec.chunk_frames else slots  # automatic chunks shrink toward the end
+        ranges = plan_ranges(info.frames, info.keyframes, chunk_frames, taper_slots=taper)
     pix_fmt = output_pix_fmt(info.pix_fmt, info.width, info.height, spec.encode.codec)
     context = pipeline_context(spec.pipeline)
     tasks = []
-    for index, frame_range in enumerate(plan_ranges(info.frames, info.keyframes, chunk_frames, taper_slots=taper)):
+    for index, frame_range in enumerate(ranges):
         decode_start = max(0, frame_range.start - context)
         decode_end = min(info.frames, frame_range.end + context)
         key = keyframe_at_or_before(info.keyframes, decode_start)
@@ -233,8 +244,8 @@ def finish_job(job: PlannedJob) -> None:
     try:
         if job.info is None:
             publish(Path(job.tasks[0].segment_uri), output)
-        else:
-            with atomic_output(output) as tmp:
+        else:  # a local file appears whole (renamed into place); object storage gets one upload
+            with output_file(job.spec.output_uri, scratch=job.workdir) as tmp:
                 assemble(job.info, [Path(t.segment_uri) for t in job.tasks], tmp)
     except BaseException:
         for table in tables:  # all of a job's outputs, or none
@@ -274,55 +285,159 @@ def run_jobs(specs: list[JobSpec], pool, progress: JobProgress | None = None, **
     return run_planned(plan_jobs(specs), pool, progress, **options)
 
 
-def run_planned(
-    planned: list[PlannedJob | JobOutcome],
-    pool,
-    progress: JobProgress | None = None,
-    duplicate_tail: bool = True,
-    monitor=None,
-    autoscaler=None,
-    idle_retire_s: float | None = None,
-) -> list[JobOutcome]:
-    """Run planned jobs on the pool's workers; failed plans pass through as they are.
+def run_planned(planned: list[PlannedJob | JobOutcome], pool, progress: JobProgress | None = None, **options) -> list[JobOutcome]:
+    """Run planned jobs on the pool's workers until all ended; failed plans pass through
+    as they are. Options: those of JobRunner."""
+    runner = JobRunner(pool, progress, **options)
+    order = [item.job_id if isinstance(item, JobOutcome) else item.spec.job_id for item in planned]
+    try:
+        runner.add(planned)
+        while runner.busy:
+            runner.step()
+    finally:
+        runner.close()
+    run_planned.last_stats = runner.dispatcher.stats  # for benches and tests
+    run_planned.last_results = [r for job in runner.jobs.values() for r in job.results.values()]
+    return [runner.outcomes[job_id] for job_id in order]
+
+
+class JobRunner:
+    """Jobs on a worker pool, one step at a time: `add` jobs whenever, `step` until not `busy`.
 
     `monitor` (cluster.monitor.GpuMonitor) steers new chunks away from GPUs near their
     memory limit or throttling; `autoscaler` (cluster.scaling.Autoscaler) is stepped with
     the backlog and the GPUs' load, and its request released at the end. Workers idle
     for `idle_retire_s` while nothing is left to send are retired (their nodes can go).
+    `on_chunk(job, task, result)` hears of every chunk done and `on_end(job, outcome)` of
+    every job ended, before its work directory goes. With `feed` set, chunks reach the
+    dispatcher at most `feed` at a time, higher priority first and jobs of equal priority
+    taking turns, so a small job queued behind a large one starts within a few chunks.
     """
-    from facefleet.cluster.dispatch import ChunkDone, Dispatcher
 
-    progress = progress or NoProgress()
-    outcomes: dict[str, JobOutcome] = {}
-    jobs: dict[str, PlannedJob] = {}
-    order = []
-    for item in planned:
-        if isinstance(item, JobOutcome):
-            order.append(item.job_id)
-            outcomes[item.job_id] = item
-            progress.ended(item)
-            continue
-        order.append(item.spec.job_id)
-        jobs[item.spec.job_id] = item
-        if not item.spec.chunk_frames:  # chunks sized to this pool
-            slots = pool.plan.workers * pool.plan.chunks_per_worker
-            if item.info is not None:
-                item.tasks = video_tasks(item.spec, item.info, item.workdir, slots)
-            elif item.simulated:
-                item.tasks = plan_simulated(item.spec, item.workdir, slots).tasks
-        progress.started(item.spec.job_id, item.spec.input_uri, item.total_frames)
+    def __init__(
+        self,
+        pool,
+        progress: JobProgress | None = None,
+        duplicate_tail: bool = True,
+        monitor=None,
+        autoscaler=None,
+        idle_retire_s: float | None = None,
+        on_chunk=None,
+        on_end=None,
+        feed: int | None = None,
+        replan: bool = True,
+    ):
+        from facefleet.cluster.dispatch import Dispatcher
 
-    dispatcher = Dispatcher(pool, duplicate_tail=duplicate_tail, monitor=monitor, idle_retire_s=idle_retire_s)
-    for job in jobs.values():
-        if not job.simulated:
-            job.workdir.mkdir(parents=True, exist_ok=True)
-        dispatcher.add(job.tasks)
-    started = time.monotonic()
-    for job in jobs.values():
-        job.started = started
-    last_poll = 0.0
+        self.pool = pool
+        self.progress = progress or NoProgress()
+        self.monitor = monitor
+        self.autoscaler = autoscaler
+        self.on_chunk = on_chunk or (lambda job, task, result: None)
+        self.on_end = on_end or (lambda job, outcome: None)
+        self.feed = feed
+        self.replan = replan  # chunks sized to this pool (off when the plan is already recorded)
+        self.dispatcher = Dispatcher(pool, duplicate_tail=duplicate_tail, monitor=monitor, idle_retire_s=idle_retire_s)
+        self.outcomes: dict[str, JobOutcome] = {}
+        self.jobs: dict[str, PlannedJob] = {}
+        self.waiting: dict[str, deque[ChunkTask]] = {}  # chunks not yet given to the dispatcher (with feed)
+        self._turn = 0
+        self._last_poll = 0.0
 
-    def end(job: PlannedJob) -> None:
+    @property
+    def slots(self) -> int:
+        return self.pool.plan.workers * self.pool.plan.chunks_per_worker
+
+    @property
+    def busy(self) -> bool:
+        return self.dispatcher.busy or any(self.waiting.values()) or any(j not in self.outcomes for j in self.jobs)
+
+    def add(self, planned: list[PlannedJob | JobOutcome]) -> None:
+        now = time.monotonic()
+        for item in planned:
+            if isinstance(item, JobOutcome):
+                self.outcomes[item.job_id] = item
+                self.progress.ended(item)
+                continue
+            job_id = item.spec.job_id
+            self.jobs[job_id] = item
+            if self.replan and not item.spec.chunk_frames:  # chunks sized to this pool
+                if item.info is not None:
+                    item.tasks = video_tasks(item.spec, item.info, item.workdir, self.slots)
+                elif item.simulated:
+                    item.tasks = plan_simulated(item.spec, item.workdir, self.slots).tasks
+            self.progress.started(job_id, item.spec.input_uri, item.total_frames)
+            if not item.simulated:
+                item.workdir.mkdir(parents=True, exist_ok=True)
+            item.started = now
+            todo = [t for t in item.tasks if t.index not in item.results]  # results known: resumed
+            if self.feed is None:
+                self.dispatcher.add(todo)
+            else:
+                self.waiting[job_id] = deque(todo)
+            if item.done:
+                self._end(item)
+
+    def cancel(self, job_id: str, reason: str) -> bool:
+        """Stop a job: nothing more is sent, chunks in flight are called off; False if it
+        already ended."""
+        job = self.jobs.get(job_id)
+        if job is None or job_id in self.outcomes:
+            return False
+        job.error = job.error or reason
+        self.waiting.pop(job_id, None)
+        self.dispatcher.drop_job(job_id)
+        return True
+
+    def step(self) -> None:
+        from facefleet.cluster.dispatch import ChunkDone
+
+        self._top_up()
+        for event in self.dispatcher.step(POLL_S):
+            job = self.jobs[event.task.job_id]
+            if job.spec.job_id in self.outcomes:
+                continue
+            if isinstance(event, ChunkDone):
+                if event.task.index not in job.results:
+                    job.results[event.task.index] = event.result
+                    self.on_chunk(job, event.task, event.result)
+            else:
+                job.error = job.error or event.error
+                self.waiting.pop(job.spec.job_id, None)
+                self.dispatcher.drop_job(job.spec.job_id)
+        for job in list(self.jobs.values()):
+            if job.spec.job_id in self.outcomes:
+                continue
+            if job.done or (job.error is not None and self.dispatcher.in_flight(job.spec.job_id) == 0):
+                self._end(job)
+        now = time.monotonic()
+        if now - self._last_poll >= 2 * POLL_S:
+            self._last_poll = now
+            _report_progress(self.jobs, self.outcomes, self.dispatcher.refresh_progress(), self.progress)
+            self.dispatcher.rebalance()
+            if self.autoscaler is not None:
+                _step_autoscaler(self.autoscaler, self.dispatcher, self.monitor)
+        if not self.dispatcher.busy and not any(self.waiting.values()):
+            for job in list(self.jobs.values()):  # no worker was left to run it
+                if job.spec.job_id not in self.outcomes:
+                    job.error = job.error or "not finished: no worker could run its chunks"
+                    self._end(job)
+
+    def _top_up(self) -> None:
+        """With `feed`: give the dispatcher chunks up to `feed` waiting, by priority, then
+        one job at a time in turn."""
+        if self.feed is None:
+            return
+        while len(self.dispatcher.pending) < self.feed:
+            ready = [job_id for job_id, queue in self.waiting.items() if queue]
+            if not ready:
+                return
+            top = max(self.jobs[j].priority for j in ready)
+            ready = [j for j in ready if self.jobs[j].priority == top]
+            self._turn = (self._turn + 1) % len(ready)
+            self.dispatcher.add([self.waiting[ready[self._turn]].popleft()])
+
+    def _end(self, job: PlannedJob) -> None:
         if job.error is None:
             try:
                 finish_job(job)
@@ -330,50 +445,24 @@ def run_planned(
                 job.error = str(exc)
             except Exception as exc:  # a bug: this job fails, the others go on
                 job.error = f"internal error while assembling the output: {one_line(exc)}"
-        shutil.rmtree(job.workdir, ignore_errors=True)
         outcome = outcome_of(job)
-        outcomes[job.spec.job_id] = outcome
-        progress.ended(outcome)
+        self.outcomes[job.spec.job_id] = outcome
+        self.waiting.pop(job.spec.job_id, None)
+        try:
+            self.on_end(job, outcome)
+        finally:
+            shutil.rmtree(job.workdir, ignore_errors=True)
+        self.progress.ended(outcome)
 
-    try:
-        while dispatcher.busy:
-            for event in dispatcher.step(POLL_S):
-                job = jobs[event.task.job_id]
-                if job.spec.job_id in outcomes:
-                    continue
-                if isinstance(event, ChunkDone):
-                    job.results[event.task.index] = event.result
-                else:
-                    job.error = job.error or event.error
-                    dispatcher.drop_job(job.spec.job_id)
-                if job.done or (job.error is not None and dispatcher.in_flight(job.spec.job_id) == 0):
-                    end(job)
-            for job in jobs.values():  # a failed job whose last chunks came back as copies
-                if job.spec.job_id not in outcomes and job.error is not None and dispatcher.in_flight(job.spec.job_id) == 0:
-                    end(job)
-            now = time.monotonic()
-            if now - last_poll >= 2 * POLL_S:
-                last_poll = now
-                _report_progress(jobs, outcomes, dispatcher.refresh_progress(), progress)
-                dispatcher.rebalance()
-                if autoscaler is not None:
-                    _step_autoscaler(autoscaler, dispatcher, monitor)
-    finally:
-        if autoscaler is not None:
-            autoscaler.release(time.monotonic(), "the jobs ended")
-        dispatcher.wait_for_stragglers(timeout=5.0)
-        for job in jobs.values():
-            if job.spec.job_id not in outcomes:
-                shutil.rmtree(job.workdir, ignore_errors=True)
-    for job in jobs.values():
-        if job.spec.job_id not in outcomes:  # no worker was left to run it
-            job.error = job.error or "not finished: no worker could run its chunks"
-            end(job)
-        elif not job.simulated:
-            shutil.rmtree(job.workdir, ignore_errors=True)  # a losing copy may have written late
-    run_planned.last_stats = dispatcher.stats  # for benches and tests
-    run_planned.last_results = [r for job in jobs.values() for r in job.results.values()]
-    return [outcomes[job_id] for job_id in order]
+    def close(self, keep_unfinished: bool = False) -> None:
+        """Release the autoscaler's request, let called-off chunks stop, tidy up: work
+        directories go, those of unfinished jobs only unless `keep_unfinished` (resumable)."""
+        if self.autoscaler is not None:
+            self.autoscaler.release(time.monotonic(), "the jobs ended")
+        self.dispatcher.wait_for_stragglers(timeout=5.0)
+        for job in self.jobs.values():
+            if not job.simulated and (job.spec.job_id in self.outcomes or not keep_unfinished):
+                shutil.rmtree(job.workdir, ignore_errors=True)  # a losing copy may have written late
 
 
 def _step_autoscaler(autoscaler, dispatcher, monitor) -> None:

@@ -85,3 +85,4 @@ class ChunkResult:
     started: float = 0.0  # wall-clock time (time.time()) the worker started the chunk
     batch_size: int = 0  # frames per detector call at the end of the chunk
     oom_retries: int = 0  # times the chunk ran again with half the batch after an allocation failure
+    checksum: str = ""  # sha256 of the segment (or face table), flushed to disk first; simulated: of the chunk's name

@@ -92,6 +92,7 @@ class ChunkRow:
     segment_uri: str
     checksum: str | None
     error: str | None
+    faces: int = 0  # faces found in the chunk's frames (when done)
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,7 @@ SCHEMA_V1 = (
         segment_uri TEXT NOT NULL,
         checksum TEXT,
         error TEXT,
+        faces INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (job_id, input_index, idx),
         FOREIGN KEY (job_id, input_index) REFERENCES inputs (job_id, idx) ON DELETE CASCADE) WITHOUT ROWID""",
     """CREATE TABLE events (
@@ -186,7 +188,7 @@ JOB_COLUMNS = "job_id, name, spec, state, priority, created, started, finished, 
 INPUT_COLUMNS = "job_id, idx, input_uri, output_uri, state, frames, error"
 CHUNK_COLUMNS = (
     "job_id, input_index, idx, start, frames, state, attempts, worker, node, gpu_uuid, "
-    "started, ended, seconds, segment_uri, checksum, error"
+    "started, ended, seconds, segment_uri, checksum, error, faces"
 )
 EVENT_COLUMNS = "id, job_id, time, kind, message"
 CHUNK_KEY = "job_id = ? AND input_index = ? AND idx = ?"
@@ -503,6 +505,7 @@ class JobStore:
         gpu_uuid: str | None,
         started: float,
         ended: float,
+        faces: int = 0,
     ) -> None:
         """The chunk's segment is durable with this checksum. A chunk already done keeps its
         first result (a duplicate copy finished second)."""
@@ -517,8 +520,8 @@ class JobStore:
                 return
             db.execute(
                 "UPDATE chunks SET state = 'done', segment_uri = ?, checksum = ?, seconds = ?, worker = ?, node = ?, "
-                f"gpu_uuid = ?, started = ?, ended = ?, error = NULL WHERE {CHUNK_KEY}",
-                (segment_uri, checksum, seconds_json, worker, node, gpu_uuid, started, ended)
+                f"gpu_uuid = ?, started = ?, ended = ?, faces = ?, error = NULL WHERE {CHUNK_KEY}",
+                (segment_uri, checksum, seconds_json, worker, node, gpu_uuid, started, ended, faces)
                 + (job_id, input_index, index),
             )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 from contextlib import contextmanager
@@ -54,3 +55,13 @@ def publish(tmp: Path, path: Path) -> None:
     """Move a finished temporary file into place."""
     _make_parent(path)
     _replace(tmp, path)
+
+
+def durable_checksum(path: Path) -> str:
+    """Flush the file to disk and return its sha256 (hex): what a finished chunk records."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
