@@ -276,6 +276,260 @@ def models_fetch(
             typer.echo(notice)
 
 
+# ---------------------------------------------------------------- jobs: serve, submit, ...
+
+STATE_HELP = "State dir of the controller (default: $FACEFLEET_STATE or ~/.local/state/facefleet)."
+
+
+def _state(state_dir: Optional[str]) -> Path:
+    from facefleet.jobs.submit import default_state_dir
+
+    return Path(state_dir) if state_dir else default_state_dir()
+
+
+def _pool_options(workers, chunks_per_worker, gpu_share, gpu_backend, sample_interval):
+    from facefleet.jobs.session import PoolOptions
+
+    if gpu_backend not in ("auto", "real", "simulated"):
+        raise FacefleetError("--gpu-backend must be auto, real or simulated")
+    return PoolOptions(workers=workers, chunks_per_worker=chunks_per_worker, gpu_share=gpu_share, gpu_backend=gpu_backend, sample_interval=sample_interval, autoscale=False)
+
+
+@app.command()
+def serve(
+    address: Optional[str] = typer.Option(None, "--address", help="Join this Ray cluster instead of starting one."),
+    state_dir: Optional[str] = typer.Option(None, "--state-dir", help=STATE_HELP),
+    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics on this port (9480 is the usual one)."),
+    metrics_host: str = typer.Option("127.0.0.1", "--metrics-host", help="Address the metrics server binds."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Workers (default: one per GPU, else one)."),
+    chunks_per_worker: int = typer.Option(2, "--chunks-per-worker", help="Chunks each worker processes at once."),
+    gpu_share: float = typer.Option(1.0, "--gpu-share", help="GPU fraction per worker."),
+    gpu_backend: str = typer.Option("auto", "--gpu-backend", help="GPU metrics: auto | real | simulated."),
+    sample_interval: float = typer.Option(0.5, "--sample-interval", help="NVML sampling interval, seconds."),
+    price: Optional[float] = typer.Option(None, "--price-per-gpu-hour", help="For the cost estimate in job reports."),
+    until_idle: bool = typer.Option(False, "--until-idle", help="Stop when no job is left (default: run until Ctrl-C)."),
+) -> None:
+    """The long-running controller: takes submitted jobs and runs them on the cluster."""
+    from facefleet.jobs.session import serve_jobs
+
+    options = _pool_options(workers, chunks_per_worker, gpu_share, gpu_backend, sample_interval)
+    try:
+        serve_jobs(_state(state_dir), address, options, err, metrics_port, metrics_host, until_idle, price)
+    except KeyboardInterrupt:
+        err.print("controller stopped; unfinished jobs resume with the next serve or resume")
+
+
+@app.command()
+def resume(
+    address: Optional[str] = typer.Option(None, "--address", help="Join this Ray cluster instead of starting one."),
+    state_dir: Optional[str] = typer.Option(None, "--state-dir", help=STATE_HELP),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Workers (default: one per GPU, else one)."),
+    chunks_per_worker: int = typer.Option(2, "--chunks-per-worker", help="Chunks each worker processes at once."),
+    gpu_backend: str = typer.Option("auto", "--gpu-backend", help="GPU metrics: auto | real | simulated."),
+) -> None:
+    """After a controller crash: finish every unfinished job (done chunks are kept), then stop."""
+    from facefleet.jobs.session import serve_jobs
+
+    options = _pool_options(workers, chunks_per_worker, 1.0, gpu_backend, 0.5)
+    serve_jobs(_state(state_dir), address, options, err, until_idle=True)
+
+
+@app.command()
+def submit(
+    inputs: list[str] = typer.Argument(None, metavar="INPUT...", help="Files, directories, globs or s3:// URIs."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="Output directory (or s3:// prefix)."),
+    from_file: Optional[str] = typer.Option(None, "--from", help="A job.toml with the same options."),
+    pipeline: Optional[str] = typer.Option(None, "--pipeline", help="Steps, comma-separated (default anonymize)."),
+    replacewith: Optional[str] = typer.Option(None, "--replacewith", help="blur | solid | mosaic | none."),
+    thresh: Optional[float] = typer.Option(None, "--thresh", help="Detection score threshold."),
+    mask_scale: Optional[float] = typer.Option(None, "--mask-scale", help="Grow each face box by this factor."),
+    detector: Optional[str] = typer.Option(None, "--face-detector-model", help="Detector model."),
+    chunk_frames: Optional[int] = typer.Option(None, "--chunk-frames", help="Frames per chunk (0: automatic)."),
+    priority: int = typer.Option(0, "--priority", help="Higher runs first; equal priorities share the workers."),
+    name: Optional[str] = typer.Option(None, "--name", help="A name for the job."),
+    state_dir: Optional[str] = typer.Option(None, "--state-dir", help=STATE_HELP),
+    output_root: Optional[str] = typer.Option(None, "--output-root", help="Outputs must stay under this directory ($FACEFLEET_OUTPUT_ROOT)."),
+    wait: float = typer.Option(10.0, "--wait", help="Seconds to wait for the controller to accept the job (0: don't)."),
+) -> None:
+    """Queue a job for the controller (`facefleet serve`); prints its id."""
+    from facefleet.jobs.store import Inbox
+    from facefleet.jobs.submit import build_request, read_job_file, wait_for_answer
+
+    data = read_job_file(from_file) if from_file else {}
+    given = {
+        "pipeline": pipeline, "replacewith": replacewith, "thresh": thresh, "mask_scale": mask_scale,
+        "face_detector_model": detector, "chunk_frames": chunk_frames,
+    }
+    options = {k: v for k, v in data.items() if k not in ("inputs", "output", "priority", "name")}
+    options.update({k: v for k, v in given.items() if v is not None})
+    items = list(inputs or data.get("inputs", []))
+    outdir = output or data.get("output")
+    if not outdir:
+        raise FacefleetError("give an output directory: -o OUTDIR (or output = \"...\" in the job file)")
+    request = build_request(items, outdir, options, priority or int(data.get("priority", 0)), name or data.get("name"), output_root)
+    state = _state(state_dir)
+    request_id = Inbox(state).put("submit", request.payload())
+    answer = wait_for_answer(state, request_id, wait) if wait > 0 else None
+    if answer is None:
+        typer.echo(f"{request.job_id} submitted ({len(request.inputs)} input(s)); the controller has not taken it yet")
+    else:
+        typer.echo(f"{request.job_id} {answer[1]} ({len(request.inputs)} input(s))")
+
+
+def _reader(state_dir: Optional[str]):
+    from facefleet.jobs.store import JobStore
+
+    return JobStore(_state(state_dir), readonly=True)
+
+
+@app.command("list")
+def list_jobs(
+    state: Optional[str] = typer.Option(None, "--state", help="queued | running | done | failed | cancelled."),
+    state_dir: Optional[str] = typer.Option(None, "--state-dir", help=STATE_HELP),
+) -> None:
+    """Jobs in the store, in dispatch order."""
+    from rich.table import Table
+
+    from facefleet.jobs.store import JOB_STATES, Inbox
+
+    if state and state not in JOB_STATES:
+        raise FacefleetError(f"--state must be one of {', '.join(JOB_STATES)}")
+    table = Table("job", "name", "state", "priority", "chunks done", "error")
+    if (_state(state_dir) / "facefleet.db").exists():  # else nothing was taken by a controller yet
+        with _reader(state_dir) as store:
+            for job in store.jobs(state):
+                counts = store.chunk_counts(job.job_id)
+                table.add_row(job.job_id, job.name, job.state, str(job.priority), f"{counts.get('done', 0)}/{sum(counts.values())}", job.error or "")
+    if state in (None, "queued"):
+        for request in Inbox(_state(state_dir)).pending():
+            if request.kind == "submit":
+                table.add_row(request.payload.get("job_id", "?"), request.payload.get("name", ""), "submitted", str(request.payload.get("priority", 0)), "-", "not yet taken by the controller")
+    Console().print(table)
+
+
+@app.command()
+def status(
+    job: str = typer.Argument(..., help="Job id (or a unique prefix)."),
+    state_dir: Optional[str] = typer.Option(None, "--state-dir", help=STATE_HELP),
+) -> None:
+    """A job's state, chunks done/total, fps, ETA, workers and errors."""
+    import time as _time
+
+    with _reader(state_dir) as store, store.snapshot():
+        row = store.job(job)
+        if row is None:
+            raise FacefleetError(f"no job {job}")
+        chunks = store.chunks(row.job_id)
+        inputs = store.inputs(row.job_id)
+    done = [c for c in chunks if c.state == "done"]
+    frames_done, frames_total = sum(c.frames for c in done), sum(c.frames for c in chunks)
+    end = row.finished or _time.time()
+    elapsed = end - row.started if row.started else 0.0
+    fps = frames_done / elapsed if elapsed > 0 else 0.0
+    eta = (frames_total - frames_done) / fps if fps > 0 and row.state == "running" else None
+    typer.echo(f"job {row.job_id} ({row.name}): {row.state}, priority {row.priority}")
+    typer.echo(f"chunks {len(done)}/{len(chunks)} done, frames {frames_done}/{frames_total}, {fps:.1f} fps" + (f", ETA {eta:.0f} s" if eta is not None else ""))
+    workers = sorted({f"{c.worker}@{c.node}" for c in done if c.worker is not None and c.worker >= 0})
+    if workers:
+        typer.echo(f"workers: {', '.join(workers)}")
+    for item in inputs:
+        typer.echo(f"  [{item.state}] {item.input_uri} -> {item.output_uri}" + (f"  error: {item.error}" if item.error else ""))
+    if row.error:
+        typer.echo(f"error: {row.error}")
+
+
+@app.command()
+def logs(
+    job: str = typer.Argument(..., help="Job id (or a unique prefix)."),
+    state_dir: Optional[str] = typer.Option(None, "--state-dir", help=STATE_HELP),
+) -> None:
+    """A job's event log."""
+    import datetime
+
+    with _reader(state_dir) as store:
+        row = store.job(job)
+        if row is None:
+            raise FacefleetError(f"no job {job}")
+        for event in store.events(row.job_id):
+            when = datetime.datetime.fromtimestamp(event.time).isoformat(timespec="seconds")
+            typer.echo(f"{when}  {event.kind:<12} {event.message}")
+
+
+def _request(kind: str, job: str, state_dir: Optional[str], wait: float) -> None:
+    from facefleet.jobs.store import Inbox
+    from facefleet.jobs.submit import wait_for_answer
+
+    state = _state(state_dir)
+    request_id = Inbox(state).put(kind, {"job": job})
+    answer = wait_for_answer(state, request_id, wait)
+    if answer is None:
+        typer.echo(f"{kind} of {job} sent; the controller has not answered yet")
+        return
+    ok, message, _ = answer
+    typer.echo(message)
+    if not ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def cancel(
+    job: str = typer.Argument(..., help="Job id (or a unique prefix)."),
+    state_dir: Optional[str] = typer.Option(None, "--state-dir", help=STATE_HELP),
+    wait: float = typer.Option(10.0, "--wait", help="Seconds to wait for the controller's answer."),
+) -> None:
+    """Stop a job: nothing more is dispatched, running chunks are called off, no partial output."""
+    _request("cancel", job, state_dir, wait)
+
+
+@app.command()
+def retry(
+    job: str = typer.Argument(..., help="Job id (or a unique prefix)."),
+    state_dir: Optional[str] = typer.Option(None, "--state-dir", help=STATE_HELP),
+    wait: float = typer.Option(10.0, "--wait", help="Seconds to wait for the controller's answer."),
+) -> None:
+    """A failed or cancelled job goes back to the queue; only chunks not done run again."""
+    _request("retry", job, state_dir, wait)
+
+
+@app.command()
+def report(
+    job: Optional[str] = typer.Argument(None, help="Job id (or a unique prefix)."),
+    output: str = typer.Option("report.html", "-o", "--output", help="The HTML file to write."),
+    cluster: bool = typer.Option(False, "--cluster", help="Every job in the store instead of one."),
+    since: str = typer.Option("24h", "--since", help="With --cluster: how far back, e.g. 24h, 7d, 90m."),
+    state_dir: Optional[str] = typer.Option(None, "--state-dir", help=STATE_HELP),
+) -> None:
+    """One self-contained HTML report: GPU utilization, chunk timeline, stages, diagnosis."""
+    from facefleet.report.html import parse_since, render_cluster_report, render_job_report
+
+    state = _state(state_dir)
+    if cluster:
+        path = render_cluster_report(state, parse_since(since), Path(output))
+    else:
+        if not job:
+            raise FacefleetError("name a job, or use --cluster")
+        with _reader(state_dir) as store:
+            row = store.job(job)
+        if row is None:
+            raise FacefleetError(f"no job {job}")
+        path = render_job_report(state / "jobs" / row.job_id, Path(output))
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+def monitor(
+    address: Optional[str] = typer.Option(None, "--address", help="A Ray cluster whose reporters to read (default: this machine's GPUs)."),
+    state_dir: Optional[str] = typer.Option(None, "--state-dir", help=STATE_HELP),
+    interval: float = typer.Option(1.0, "--interval", help="Refresh every this many seconds."),
+    once: bool = typer.Option(False, "--once", help="Print one table and exit."),
+    gpu_backend: str = typer.Option("auto", "--gpu-backend", help="Without --address: auto | real | simulated."),
+) -> None:
+    """Live GPU table: utilization, memory, power, temperature, worker, job, fps (q quits)."""
+    from facefleet.report.live import run_monitor
+
+    run_monitor(address, _state(state_dir), interval, once, gpu_backend)
+
+
 def main() -> None:
     try:
         code = app(standalone_mode=False)  # returns typer.Exit's code instead of exiting

@@ -90,3 +90,60 @@ def run_specs(
             stop_reporters(reporters)
         print_summary(outcomes)  # before Ray's shutdown, which takes a second or two
     return outcomes
+
+
+def serve_jobs(
+    state_dir,
+    address: str | None,
+    options: PoolOptions,
+    console: Console,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
+    until_idle: bool = False,
+    price_per_gpu_hour: float | None = None,
+    pipeline=None,
+) -> None:
+    """The controller (`facefleet serve` and `facefleet resume`): start or join Ray, resume
+    unfinished jobs, take requests from the inbox until stopped (or, with `until_idle`,
+    until nothing is left to do)."""
+    from facefleet.cluster.monitor import GpuMonitor
+    from facefleet.cluster.pool import WorkerPool, plan_pool
+    from facefleet.cluster.reporter import REPORTER_PREFIX, start_reporters, stop_reporters
+    from facefleet.cluster.runtime import ray_session
+    from facefleet.jobs.controller import Controller, ControllerLock
+    from facefleet.pipeline.spec import PipelineSpec
+
+    lock = ControllerLock(state_dir)
+    metrics = None
+    try:
+        if metrics_port is not None:
+            from facefleet.report.metrics import Metrics
+
+            metrics = Metrics()
+            port = metrics.serve(metrics_port, metrics_host)
+            console.print(f"metrics: http://{metrics_host}:{port}/metrics", highlight=False)
+        with ray_session(address) as cluster:
+            plan = plan_pool(cluster, options.workers, options.chunks_per_worker, options.gpu_share)
+            reporters = start_reporters(options.sample_interval, options.gpu_backend, name_prefix=REPORTER_PREFIX)
+            pool = None
+            controller = None
+            try:
+                pool = WorkerPool(plan, pipeline or PipelineSpec())
+                controller = Controller(
+                    state_dir, pool, monitor=GpuMonitor(reporters), reporters=reporters, metrics=metrics,
+                    price_per_gpu_hour=price_per_gpu_hour, log=lambda line: console.print(line, markup=False, highlight=False),
+                )
+                resumed = controller.resume()
+                kind = f"{plan.workers} GPU worker(s)" if plan.gpus_per_worker else f"{plan.workers} CPU worker(s)"
+                console.print(f"controller on {state_dir}: {kind}; {resumed} unfinished job(s) resumed", highlight=False)
+                controller.serve(until_idle=until_idle)
+            finally:
+                if controller is not None:
+                    controller.close()
+                if pool is not None:
+                    pool.shutdown()
+                stop_reporters(reporters)
+    finally:
+        if metrics is not None:
+            metrics.stop()
+        lock.release()

@@ -1,0 +1,345 @@
+"""The controller: the one writer of the job store, running jobs on the worker pool.
+
+Requests (submit, cancel, retry) arrive in the state dir's inbox; each is answered in
+the store. A job's inputs run as units on a JobRunner; every chunk done is recorded
+with its segment's checksum before anything else depends on it, so a controller killed
+at any moment resumes from the store: chunks not done run again, done ones are checked
+(segment present, same checksum) and kept. Segments live in the state dir
+(`work/<job>-<input>/`) until the job's output is in place.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+
+from facefleet.errors import FacefleetError, one_line
+from facefleet.jobs.runner import JobOutcome, JobRunner, PlannedJob, plan_job
+from facefleet.jobs.spec import ChunkResult, JobSpec
+from facefleet.jobs.store import Inbox, JobStore, StoreError
+from facefleet.jobs.submit import pipeline_spec
+from facefleet.media.files import durable_checksum
+from facefleet.media.plan import FrameRange
+
+IDLE_SLEEP_S = 0.2
+LIVE_EVERY_S = 1.0
+SAMPLES_EVERY_S = 5.0
+
+
+def unit_id(job_id: str, index: int) -> str:
+    return f"{job_id}-{index}"
+
+
+def split_unit(unit: str) -> tuple[str, int]:
+    job_id, _, index = unit.rpartition("-")
+    return job_id, int(index)
+
+
+class ControllerLock:
+    """One controller per state dir: an exclusive lock on state_dir/controller.lock."""
+
+    def __init__(self, state_dir: Path):
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = state_dir / "controller.lock"
+        self._file = open(self.path, "a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.close()
+            raise FacefleetError(f"another controller is running on {state_dir} (lock {self.path})") from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(str(os.getpid()))
+        self._file.flush()
+
+    def release(self) -> None:
+        self._file.close()
+
+
+class Controller:
+    def __init__(self, state_dir: Path, pool, monitor=None, reporters=None, metrics=None, price_per_gpu_hour=None, log=print):
+        self.state_dir = Path(state_dir)
+        self.store = JobStore(self.state_dir)
+        self.inbox = Inbox(self.state_dir)
+        self.pool = pool
+        self.reporters = reporters or {}
+        self.metrics = metrics
+        self.price = price_per_gpu_hour
+        self.log = log
+        self.runner = JobRunner(
+            pool,
+            monitor=monitor,
+            on_chunk=self._chunk_done,
+            on_end=self._unit_ended,
+            feed=max(1, pool.plan.workers * pool.plan.chunks_per_worker),
+            replan=False,
+        )
+        self.units: dict[str, set[str]] = {}  # job id -> its units still running
+        self.rows: dict[str, list[dict]] = {}  # job id -> chunk rows for its report
+        self._last_live = 0.0
+        self._last_samples = 0.0
+        self._sample_since = time.time()
+        self._sample_log = None
+
+    # ---- the loop ----------------------------------------------------------------
+
+    def resume(self) -> int:
+        """Pick up every unfinished job in the store; returns how many."""
+        unfinished = self.store.recover()
+        for job_id in unfinished:
+            self._start(job_id)
+        return len(unfinished)
+
+    def step(self) -> None:
+        for request in self.inbox.take():
+            self._handle(request)
+            self.inbox.done(request)
+        if self.runner.busy:
+            self.runner.step()
+        else:
+            time.sleep(IDLE_SLEEP_S)
+        now = time.monotonic()
+        if now - self._last_live >= LIVE_EVERY_S:
+            self._last_live = now
+            self._publish_live()
+        if now - self._last_samples >= SAMPLES_EVERY_S:
+            self._last_samples = now
+            self._keep_samples()
+
+    @property
+    def idle(self) -> bool:
+        return not self.runner.busy and not self.inbox.pending() and not self.store.jobs("queued")
+
+    def serve(self, until_idle: bool = False, should_stop=lambda: False) -> None:
+        try:
+            while not should_stop():
+                self.step()
+                if until_idle and self.idle:
+                    break
+        finally:
+            self.runner.close(keep_unfinished=True)
+            self._keep_samples()
+            self._publish_live()
+
+    def close(self) -> None:
+        self.store.close()
+
+    # ---- requests ----------------------------------------------------------------
+
+    def _handle(self, request) -> None:
+        kind, payload = request.kind, request.payload
+        if self.store.answer_of(request.request_id) is not None:
+            return  # answered before a crash that came before the file was removed
+        try:
+            if kind == "submit":
+                job_id = payload["job_id"]
+                if self.store.job(job_id) is None:
+                    self.store.add_job(job_id, payload["name"], payload, int(payload["priority"]), [tuple(p) for p in payload["inputs"]])
+                self.store.answer(request.request_id, kind, job_id, True, f"queued job {job_id}")
+                self._start(job_id)
+            elif kind == "cancel":
+                ok, message = self._cancel(payload["job"])
+                self.store.answer(request.request_id, kind, payload["job"], ok, message)
+            elif kind == "retry":
+                job = self._job(payload["job"])
+                count = self.store.retry(job.job_id)
+                self.store.answer(request.request_id, kind, job.job_id, True, f"job {job.job_id} queued again: {count} chunk(s) to run")
+                self._start(job.job_id)
+            else:
+                self.store.answer(request.request_id, kind, None, False, f"unknown request {kind!r}")
+        except (FacefleetError, KeyError, ValueError) as exc:
+            self.store.answer(request.request_id, kind, payload.get("job"), False, one_line(exc))
+
+    def _job(self, ref: str):
+        job = self.store.job(ref)
+        if job is None:
+            raise FacefleetError(f"no job {ref}")
+        return job
+
+    def _cancel(self, ref: str) -> tuple[bool, str]:
+        job = self._job(ref)
+        if job.state in ("done", "failed", "cancelled"):
+            return False, f"job {job.job_id} is already {job.state}"
+        running = self.units.get(job.job_id, set())
+        if not running:
+            self.store.set_job_state(job.job_id, "cancelled", "cancelled")
+            return True, f"job {job.job_id} cancelled"
+        self.store.event(job.job_id, "cancel", "cancel requested: stopping its chunks")
+        for unit in list(running):
+            self.runner.cancel(unit, "cancelled")
+        return True, f"job {job.job_id} cancelled: {len(running)} input(s) stopping"
+
+    # ---- starting a job ------------------------------------------------------------
+
+    def _start(self, job_id: str) -> None:
+        job = self.store.job(job_id)
+        spec, encode = pipeline_spec(job.spec["options"])
+        chunk_frames = int(job.spec["options"]["chunk_frames"])
+        slots = max(1, self.pool.plan.workers * self.pool.plan.chunks_per_worker)
+        planned: list[PlannedJob | JobOutcome] = []
+        running: set[str] = set()
+        for row in self.store.inputs(job_id):
+            if row.state == "done":
+                continue
+            unit = unit_id(job_id, row.index)
+            job_spec = JobSpec(unit, row.input_uri, row.output_uri, pipeline=spec, encode=encode, chunk_frames=chunk_frames)
+            recorded = self.store.chunks(job_id, row.index)
+            ranges = [FrameRange(c.start, c.start + c.frames) for c in recorded] or None
+            try:
+                plan = plan_job(job_spec, slots, workdir=self.state_dir / "work" / unit, ranges=ranges)
+            except FacefleetError as exc:
+                self.store.set_input_state(job_id, row.index, "failed", str(exc))
+                planned.append(JobOutcome(unit, row.input_uri, row.output_uri, error=str(exc)))
+                running.add(unit)
+                continue
+            plan.priority = job.priority
+            if not recorded:
+                self.store.plan_input(job_id, row.index, plan.total_frames, [(t.start, t.frames, t.segment_uri) for t in plan.tasks])
+            else:
+                self._keep_done(job_id, row.index, plan, recorded)
+            self.store.set_input_state(job_id, row.index, "running", frames=plan.total_frames)
+            planned.append(plan)
+            running.add(unit)
+        self.units[job_id] = running
+        self.rows.setdefault(job_id, [])
+        if job.state == "queued":
+            self.store.set_job_state(job_id, "running")
+        self.runner.add(planned)
+        if not running:
+            self._finish_job(job_id)
+
+    def _keep_done(self, job_id: str, input_index: int, plan: PlannedJob, recorded) -> None:
+        """Chunks recorded done whose segment is still there, unchanged, are not run again."""
+        for chunk, task in zip(recorded, plan.tasks):
+            if chunk.state != "done":
+                continue
+            path = Path(task.segment_uri or task.table_uri) if (task.segment_uri or task.table_uri) else None
+            intact = path is None or (path.exists() and durable_checksum(path) == chunk.checksum)
+            if not intact:
+                self.store.reset_chunk(job_id, input_index, chunk.index, "its segment is missing or changed: running it again")
+                continue
+            plan.results[task.index] = ChunkResult(
+                job_id=task.job_id, index=task.index, segment_uri=task.segment_uri, frames=task.frames, faces=chunk.faces,
+                seconds=chunk.seconds, worker_id=chunk.worker if chunk.worker is not None else -1, providers={},
+                checksum=chunk.checksum or "",
+            )
+
+    # ---- hooks from the runner ------------------------------------------------------
+
+    def _chunk_done(self, plan: PlannedJob, task, result: ChunkResult) -> None:
+        job_id, index = split_unit(plan.spec.job_id)
+        info = self.pool.infos.get(result.worker_id) if hasattr(self.pool, "infos") else None
+        now = time.time()
+        self.store.chunk_done(
+            job_id, index, task.index, task.segment_uri, result.checksum, result.seconds, result.worker_id,
+            info.node if info else "", info.gpu_uuid if info else None, result.started, now, faces=result.faces,
+        )
+        try:
+            from facefleet.report.tables import chunk_row
+
+            self.rows.setdefault(job_id, []).append(chunk_row(task, result, info, self.runner.dispatcher.attempts.get(task.key, 1), now))
+        except Exception as exc:  # the report is secondary: the chunk is recorded
+            self.log(f"warning: chunk row for the report of {job_id}: {one_line(exc)}")
+        if self.metrics is not None and info is not None:
+            self.metrics.worker_chunk_done(result.worker_id, info.node)
+
+    def _unit_ended(self, plan: PlannedJob, outcome: JobOutcome) -> None:
+        job_id, index = split_unit(plan.spec.job_id)
+        if outcome.error == "cancelled":
+            self.store.set_input_state(job_id, index, "cancelled", "cancelled")
+        elif outcome.error:
+            self.store.set_input_state(job_id, index, "failed", outcome.error)
+        else:
+            self.store.set_input_state(job_id, index, "done")
+        self.units.get(job_id, set()).discard(plan.spec.job_id)
+        if not self.units.get(job_id):
+            self._finish_job(job_id)
+
+    def _finish_job(self, job_id: str) -> None:
+        inputs = self.store.inputs(job_id)
+        states = {row.state for row in inputs}
+        if "cancelled" in states:
+            state, error = "cancelled", "cancelled"
+        elif "failed" in states:
+            state, error = "failed", next(row.error for row in inputs if row.state == "failed")
+        else:
+            state, error = "done", None
+        self.store.set_job_state(job_id, state, error)
+        self.units.pop(job_id, None)
+        self._write_report(job_id)
+        if self.metrics is not None:
+            self.metrics.forget_job(job_id)
+
+    def _write_report(self, job_id: str) -> None:
+        try:
+            from facefleet.report.tables import write_job_data
+
+            job = self.store.job(job_id)
+            summary = {
+                "job_id": job.job_id, "name": job.name, "state": job.state, "created": job.created,
+                "started": job.started, "finished": job.finished, "inputs": [r.input_uri for r in self.store.inputs(job_id)],
+            }
+            self._keep_samples()
+            samples = self._samples_between((job.started or job.created) - 5, (job.finished or time.time()) + 5)
+            write_job_data(self.state_dir / "jobs" / job_id, summary, self.rows.pop(job_id, []), samples, self.price)
+        except Exception as exc:  # the report is secondary: the job's state is recorded
+            self.log(f"warning: report data of job {job_id}: {one_line(exc)}")
+
+    # ---- samples, live status, metrics --------------------------------------------
+
+    def _keep_samples(self) -> None:
+        if not self.reporters:
+            return
+        import ray
+
+        from facefleet.report.tables import SampleLog
+
+        if self._sample_log is None:
+            self._sample_log = SampleLog(self.state_dir)
+        try:
+            batches = ray.get([r.samples.remote(self._sample_since) for r in self.reporters.values()], timeout=5)
+        except Exception:
+            return
+        samples = [s for batch in batches for s in batch]
+        if samples:
+            self._sample_since = max(s.time for s in samples)
+            self._sample_log.append(samples)
+            if self.metrics is not None:
+                self.metrics.update_gpus(samples)
+
+    def _samples_between(self, since: float, until: float):
+        if self._sample_log is None:
+            return []
+        return self._sample_log.read(since, until)
+
+    def _publish_live(self) -> None:
+        """state_dir/live.json for `facefleet monitor`, and the Prometheus job series."""
+        jobs = []
+        for job_id in list(self.units):
+            row = self.store.job(job_id)
+            counts = self.store.chunk_counts(job_id)
+            frames_total = sum(r.frames for r in self.store.inputs(job_id))
+            frames_done = sum(c.frames for c in self.store.chunks(job_id) if c.state == "done")
+            elapsed = time.time() - (row.started or row.created)
+            fps = frames_done / elapsed if elapsed > 0 else 0.0
+            jobs.append({"job_id": job_id, "name": row.name, "state": row.state, "frames_done": frames_done, "frames_total": frames_total, "fps": fps})
+            if self.metrics is not None:
+                self.metrics.update_job(job_id, row.name, frames_done, frames_total, fps, counts, row.state)
+        infos = getattr(self.pool, "infos", {})
+        workers = [
+            {"worker_id": w, "node": i.node, "gpu_uuid": i.gpu_uuid, "job_id": None, "job_name": None, "fps": 0.0}
+            for w, i in sorted(infos.items())
+        ]
+        if self.metrics is not None:
+            queued = self.store.jobs("queued")
+            self.metrics.set_queue_depth(len(queued) + len(self.units), len(self.runner.dispatcher.pending) + sum(len(q) for q in self.runner.waiting.values()))
+        tmp = self.state_dir / ".live.json.tmp"
+        try:
+            tmp.write_text(json.dumps({"time": time.time(), "workers": workers, "jobs": jobs}))
+            os.replace(tmp, self.state_dir / "live.json")
+        except OSError:
+            pass
+
