@@ -111,7 +111,7 @@ def test_sigkill_of_the_controller_mid_batch_then_resume_recomputes_only_unfinis
     "args, reason",
     [
         (["--pipeline", "blurify"], "blurify"),
-        (["--replacewith", "paint"], "paint"),
+        (["--replacewith", "paint"], "--replacewith must be one of"),
         (["-o", "../outside"], "'..'"),
         (["-o", "/abs/out", "--output-root", "ROOT"], "absolute"),
         (["NOMATCH"], "matches nothing"),
