@@ -13,7 +13,6 @@ dir are real.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -30,7 +29,6 @@ import pytest
 from facefleet.jobs.store import Inbox, JobStore
 from facefleet.jobs.submit import build_request, wait_for_answer
 
-ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data"
 FACEFLEET = str(Path(sys.executable).with_name("facefleet"))
 FINAL = ("done", "failed", "cancelled")
@@ -174,6 +172,16 @@ def work_dirs(state: Path, job_id: str) -> list[Path]:
     return sorted((state / "work").glob(f"{job_id}-*"))
 
 
+def describe(store: JobStore, state: Path, job_id: str) -> str:
+    """A job's events, chunks and work dirs, for a failure message."""
+    lines = [f"job {job_id}: {job_state(store, job_id)}"]
+    lines += [f"  event {e.time:.3f} {e.kind}: {e.message}" for e in store.events(job_id)]
+    lines += [f"  chunk {c.index}: {c.state} started {c.started} ended {c.ended}" for c in store.chunks(job_id)]
+    for path in work_dirs(state, job_id):
+        lines.append(f"  work dir {path.name}: {sorted((p.name, p.stat().st_mtime) for p in path.iterdir())} (dir mtime {path.stat().st_mtime:.3f})")
+    return "\n".join(lines)
+
+
 @pytest.fixture(scope="module")
 def tiny_video(tmp_path_factory) -> Path:
     """A real 20-frame 160x96 video, one face, no audio: one job of it runs in about 0.5 s."""
@@ -190,13 +198,14 @@ JOBS = 200
 THREADS = 8
 CLI_JOBS = 4
 STATUS_LIMIT_S = 1.0
-# RSS growth of the serve process from the first job done to the end of the burst. Measured
-# on this 2-core machine: 3-6 MB for the 204 jobs (runs of the module, see the commit).
-# What legitimately grows: SQLite's page cache (the store reaches ~2 MB), the runner's
-# record of every job it ran (PlannedJob + outcome, ~10 kB each: about 2 MB here), pyarrow's
-# pool after writing 204 job reports. 60 MB is ten times the measured growth: it catches a
-# per-job leak of 300 kB (a report table or a plan kept per job) without flaking.
-RSS_GROWTH_LIMIT = 60 * 2**20
+# RSS growth of the serve process from the first job done to the end of the burst (by then
+# all 204 jobs were taken and planned: the controller takes the whole inbox in one step, so
+# what grows afterwards is what each finished job leaves behind). Measured on this 2-core
+# machine: +0.9 to +1.4 MB over six runs, about 5 kB per job (the runner's outcome and the
+# dispatcher's bookkeeping of every chunk, SQLite's page cache). 20 MB is ~15 times that:
+# room for allocator noise (Ray's driver threads, pyarrow's pool after 204 job reports),
+# and it still catches a leak of 100 kB per job (a report table or a plan kept per job).
+RSS_GROWTH_LIMIT = 20 * 2**20
 
 
 def test_200_jobs_at_once_status_answers_fast_memory_bounded(serve, store, tmp_path):
@@ -258,7 +267,7 @@ def test_200_jobs_at_once_status_answers_fast_memory_bounded(serve, store, tmp_p
             assert f"job {target}" in result.stdout
             latencies.append(took)
             done_at_status.append(len(done))
-            time.sleep(0.5)
+            time.sleep(0.25)
         else:
             time.sleep(0.1)
     elapsed = time.time() - t0
@@ -287,7 +296,8 @@ def test_200_jobs_at_once_status_answers_fast_memory_bounded(serve, store, tmp_p
         f"\n{JOBS + CLI_JOBS} jobs: submitted in {submitted:.2f} s, all done after {elapsed:.1f} s; "
         f"status {len(latencies)}x: max {max(latencies):.3f} s, mean {sum(latencies) / len(latencies):.3f} s "
         f"(jobs done then: {done_at_status}, load average {os.getloadavg()[0]:.1f}); "
-        f"serve RSS {after[0] / 2**20:.1f} -> {after[-1] / 2**20:.1f} MB (growth {growth / 2**20:+.1f} MB, "
+        f"serve RSS idle {rss[0][1] / 2**20:.1f} MB, at the first job done {after[0] / 2**20:.1f} MB, at the end "
+        f"{after[-1] / 2**20:.1f} MB (growth {growth / 2**20:+.1f} MB, "
         f"peak {peak / 2**20:.1f} MB, {len(rss)} samples)"
     )
     assert growth < RSS_GROWTH_LIMIT, f"serve RSS grew {growth / 2**20:.1f} MB"
@@ -338,22 +348,33 @@ def test_cancel_racing_completion(serve, store, tmp_path, tiny_video):
     took = time.monotonic() - t0
     assert (tmp_path / "first" / "tiny.mp4").stat().st_size > 0
     outcomes = []
-    for n, fraction in enumerate([0.0, 0.5, 0.8, 0.9, 1.0, 1.1, 1.25, 2.0]):
+    # cancel sent that long (x the time one job takes) after the submit; None: once it is done
+    for n, fraction in enumerate([0.0, 0.5, 0.8, 0.9, 1.0, 1.1, 1.25, None]):
         outdir = tmp_path / f"out{n}"
         output = outdir / "tiny.mp4"
         job_id = submit(serve.state, str(tiny_video), outdir, 10)
-        time.sleep(fraction * took)
-        request = Inbox(serve.state).put("cancel", {"job": job_id})
-        answer = wait_for_answer(serve.state, request, 30)
-        assert answer is not None, "the controller did not answer the cancel"
-        ok, message, _ = answer
+        if fraction is None:
+            assert wait_final(store, serve, job_id) == "done"
+            result, _ = cli("cancel", job_id, "--state-dir", str(serve.state))
+            assert result.returncode == 1, result.stdout + result.stderr
+            ok, message = False, result.stdout.strip()
+        else:
+            time.sleep(fraction * took)
+            request = Inbox(serve.state).put("cancel", {"job": job_id})
+            answer = wait_for_answer(serve.state, request, 30)
+            assert answer is not None, "the controller did not answer the cancel"
+            ok, message, _ = answer
         state = wait_final(store, serve, job_id)
         if state == "cancelled":
             assert ok, message
             assert not output.exists(), f"cancelled job {job_id} left its output"
             assert [i.state for i in store.inputs(job_id)] == ["cancelled"]
-            # the work dir goes right after the state is recorded
-            wait_until(lambda: not work_dirs(serve.state, job_id), 5, f"the work dir of {job_id} to go")
+            # the work dir goes once the chunks called off have returned: one may still have
+            # been writing its segment when the job was recorded cancelled
+            try:
+                wait_until(lambda: not work_dirs(serve.state, job_id), 5, f"the work dir of {job_id} to go")
+            except AssertionError:
+                raise AssertionError(f"cancel at {fraction} x {took:.2f} s: {describe(store, serve.state, job_id)}") from None
         else:
             assert state == "done", f"job {job_id} ended {state}: {store.job(job_id).error}"
             assert not ok and message == f"job {job_id} is already done", message
@@ -404,7 +425,10 @@ def test_small_job_shares_with_a_huge_one_and_priority_goes_first(serve, store, 
     assert wait_final(store, serve, small, timeout=30) == "done"
     first_small = min(c.ended for c in store.chunks(small))
     huge_meanwhile = [c for c in done_chunks(store, huge) if small_at < c.ended < first_small]
-    assert len(huge_meanwhile) <= 5, f"{len(huge_meanwhile)} chunks of the huge job ended before the small job's first"
+    # two huge chunks in flight and two handed to the dispatcher (feed 2) when the small job
+    # arrives, then the two jobs take turns; one or two more end while its request is taken.
+    # First come, first served would make it wait for the ~200 chunks left.
+    assert len(huge_meanwhile) <= 8, f"{len(huge_meanwhile)} chunks of the huge job ended before the small job's first"
 
     urgent_at = time.time()
     urgent = submit(serve.state, "simulated://100?ms=2", tmp_path / "urgent", 10, priority=5, name="urgent")  # 10 chunks
@@ -453,6 +477,9 @@ def test_retry_runs_only_chunks_not_done_and_a_permanent_failure_fails_again(ser
     assert [(i.state, i.error) for i in store.inputs(job_id)] == [("failed", job.error)]
     kinds = [e.kind for e in store.events(job_id)]
     assert kinds.count("failed") == 2 and kinds.count("retried") == 1, kinds
+    # The store says the failure is permanent through the job's and the input's error ("failed
+    # 3 times"), twice. Not through chunk 3's row: the controller records neither chunk starts
+    # nor chunk failures (chunk_started/chunk_failed), so that row stays pending, attempts 0.
     chunk3 = store.chunks(job_id)[3]
     assert chunk3.state != "done"
     assert store.integrity_check() == []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -78,6 +79,8 @@ class Controller:
             replan=False,
         )
         self.units: dict[str, set[str]] = {}  # job id -> its units still running
+        # ended units whose called-off chunks were still running: their work dir goes once they return
+        self.stragglers: dict[str, tuple[Path, list]] = {}
         self.rows: dict[str, list[dict]] = {}  # job id -> chunk rows for its report
         self._last_live = 0.0
         self._last_samples = 0.0
@@ -101,6 +104,7 @@ class Controller:
             self.runner.step()
         else:
             time.sleep(IDLE_SLEEP_S)
+        self._sweep_stragglers()
         now = time.monotonic()
         if now - self._last_live >= LIVE_EVERY_S:
             self._last_live = now
@@ -196,6 +200,7 @@ class Controller:
                 running.add(unit)
                 continue
             plan.priority = job.priority
+            self._forget_earlier_run(unit)
             if not recorded:
                 self.store.plan_input(job_id, row.index, plan.total_frames, [(t.start, t.frames, t.segment_uri) for t in plan.tasks])
             else:
@@ -210,6 +215,18 @@ class Controller:
         self.runner.add(planned)
         if not running:
             self._finish_job(job_id)
+
+    def _forget_earlier_run(self, unit: str) -> None:
+        """A unit that ran before in this controller (a retry) starts afresh: the runner kept
+        its outcome (the new run's chunks would be ignored and it would never end), and its
+        dispatcher the chunks it finished or called off (they would never be sent again) and
+        their attempts."""
+        self.runner.outcomes.pop(unit, None)
+        self.stragglers.pop(unit, None)  # its chunks write the same segments again: keep the dir
+        dispatcher = self.runner.dispatcher
+        dispatcher.finished.difference_update([key for key in dispatcher.finished if key[0] == unit])
+        for key in [key for key in dispatcher.attempts if key[0] == unit]:
+            del dispatcher.attempts[key]
 
     def _keep_done(self, job_id: str, input_index: int, plan: PlannedJob, recorded) -> None:
         """Chunks recorded done whose segment is still there, unchanged, are not run again."""
@@ -248,6 +265,13 @@ class Controller:
 
     def _unit_ended(self, plan: PlannedJob, outcome: JobOutcome) -> None:
         job_id, index = split_unit(plan.spec.job_id)
+        # A unit cancelled or failed ends as soon as its chunks are called off, while one may
+        # still be finishing (the runner counts called-off chunks as done with): its segment
+        # would land in the work dir after the runner removed it, and stay until the controller
+        # stops. The dir goes again once those chunks have returned.
+        refs = [ref for ref, flight in self.runner.dispatcher.flights.items() if flight.task.job_id == plan.spec.job_id]
+        if refs and not plan.simulated:
+            self.stragglers[plan.spec.job_id] = (plan.workdir, refs)
         if outcome.error == "cancelled":
             self.store.set_input_state(job_id, index, "cancelled", "cancelled")
         elif outcome.error:
@@ -257,6 +281,17 @@ class Controller:
         self.units.get(job_id, set()).discard(plan.spec.job_id)
         if not self.units.get(job_id):
             self._finish_job(job_id)
+
+    def _sweep_stragglers(self) -> None:
+        if not self.stragglers:
+            return
+        import ray
+
+        for unit, (workdir, refs) in list(self.stragglers.items()):
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+            if len(ready) == len(refs):
+                shutil.rmtree(workdir, ignore_errors=True)
+                del self.stragglers[unit]
 
     def _finish_job(self, job_id: str) -> None:
         inputs = self.store.inputs(job_id)
