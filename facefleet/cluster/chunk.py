@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -112,8 +111,9 @@ def run_chunk(
 ) -> ChunkResult:
     """Process one chunk and write its segment; `progress(n)` is told the frames done so far.
 
-    `threads` is the CPU thread budget of this chunk's decoder and encoder (0: each picks
-    one per core, which oversubscribes the CPU when several chunks run at once). An
+    `threads` is the CPU thread budget of this chunk's decoder (0: one per core, which
+    oversubscribes the CPU when several chunks run at once). The encoder's threads are
+    the job's (`task.encode`), never the worker's: x264's output depends on them. An
     allocation failure halves the processor's batch size and runs the chunk again, down to
     batches of one, instead of failing. `slowdown` stretches simulated chunks only.
     `should_stop()` is asked between batches: when it says yes, the chunk stops with
@@ -270,9 +270,10 @@ def _run_video(
         writer = None
         if task.segment_uri:
             tmp = files.enter_context(atomic_output(Path(task.segment_uri)))
-            encode_settings = task.encode if task.encode.threads or not threads else replace(task.encode, threads=threads)
+            # the job's encoder threads, not this worker's `threads`: the same chunk must give
+            # the same segment on any worker (retries, duplicates, resumed jobs)
             writer = SegmentWriter(
-                tmp, task.width, task.height, task.time_base, task.rate, task.pix_fmt, encode_settings, task.rotation
+                tmp, task.width, task.height, task.time_base, task.rate, task.pix_fmt, task.encode, task.rotation
             )
 
         def encode() -> None:

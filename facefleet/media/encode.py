@@ -6,11 +6,15 @@ concatenate their packets without re-encoding.
 
 from __future__ import annotations
 
+import functools
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import av
+import av.logging
 import cv2
 import numpy as np
 
@@ -24,12 +28,116 @@ def quality_to_crf(quality: int) -> int:
     return round(51 - quality * 0.51)
 
 
+# x264's output depends on its thread count: the same frames encoded with 1, 2 or 3
+# threads decoded up to 58 levels apart. A segment is the same wherever its chunk runs
+# (retried, duplicated, resumed) only if that count is the job's: never the machine's
+# cores (x264's "auto": 4 threads on the 16-core H100 machine, 2 on a 2-core one) nor a
+# worker's thread budget (cores / chunks on the node: 8 or 2 there). Measured on the
+# H100 machine, 1080p veryfast, 2026-11: with 8 threads, 2 encoders at once gave 135-141
+# fps in all (4 threads: 98-102), 8 at once 183-194 (2 threads each: 156).
+ENCODER_THREADS = 8
+
+# x264's AVX-512 code reads memory it never wrote when macroblock-tree rate control is on
+# (the default): on an AVX-512 CPU the same frames gave different segments from run to run
+# for widths that are not a multiple of 128 pixels (320x240 test videos, 720x480, a
+# portrait 1080-wide phone video), and 1920x1080 segments differed from those of a CPU
+# without AVX-512. Without AVX-512 (SSE up to AVX2), x264's output was the same on every
+# level and every run. So x264 gets the capabilities it detected, less AVX-512. Speed on
+# the 16-core H100 machine (1080p veryfast, 8 threads), without/with AVX-512: 2 encoders
+# 112-126 / 125-127 fps, 8 encoders 170-184 / 167-181 fps: no difference beyond noise.
+X264_AVX512 = 1 << 16
+# The names x264 reports its capabilities by ("using cpu capabilities: ..."), as the
+# X264_CPU_* flags they stand for (x264.h, common/cpu.c; flags printed under a name are
+# all set): the union of the names reported is the set x264 detected.
+_MMX2 = 1 << 0 | 1 << 1
+_SSE2 = _MMX2 | 1 << 2 | 1 << 3
+_AVX = _SSE2 | 1 << 5 | 1 << 6 | 1 << 7 | 1 << 8 | 1 << 9
+_AVX2 = _AVX | 1 << 12 | 1 << 4 | 1 << 13 | 1 << 14 | 1 << 15
+X264_CPU_NAMES = {
+    "MMX2": _MMX2,
+    "MMXEXT": _MMX2,
+    "SSE": _MMX2 | 1 << 2,
+    "SSE2Slow": _SSE2 | 1 << 19,
+    "SSE2": _SSE2,
+    "SSE2Fast": _SSE2 | 1 << 20,
+    "LZCNT": _SSE2 | 1 << 4,
+    "SSE3": _SSE2 | 1 << 5,
+    "SSSE3": _SSE2 | 1 << 5 | 1 << 6,
+    "SSE4.1": _SSE2 | 1 << 5 | 1 << 6 | 1 << 7,
+    "SSE4": _SSE2 | 1 << 5 | 1 << 6 | 1 << 7,
+    "SSE4.2": _SSE2 | 1 << 5 | 1 << 6 | 1 << 7 | 1 << 8,
+    "AVX": _AVX,
+    "XOP": _AVX | 1 << 10,
+    "FMA4": _AVX | 1 << 11,
+    "FMA3": _AVX | 1 << 12,
+    "BMI1": _AVX | 1 << 4 | 1 << 13,
+    "BMI2": _AVX | 1 << 4 | 1 << 13 | 1 << 14,
+    "AVX2": _AVX2,
+    "AVX512": _AVX2 | X264_AVX512,
+    "Cache32": 1 << 17,
+    "Cache64": 1 << 18,
+    "SlowAtom": 1 << 23,
+    "SlowPshufb": 1 << 24,
+    "SlowPalignr": 1 << 25,
+    "SlowShuffle": 1 << 21,
+    "UnalignedStack": 1 << 22,
+}
+
+
+def x264_asm_flags(capabilities: Sequence[str]) -> int | None:
+    """The X264_CPU_* flags to give x264 (its `asm` option) for the capabilities it reports:
+    all of them but AVX-512; None when x264 does not use AVX-512 (leave it as it is)."""
+    if "AVX512" not in capabilities:
+        return None
+    flags = 0
+    for name in capabilities:
+        flags |= X264_CPU_NAMES.get(name, 0)  # an unknown name: a subset is always safe to run
+    return flags & ~X264_AVX512
+
+
+_PROBE = threading.Lock()  # the probe turns FFmpeg's logging up for a moment: one at a time
+
+
+@functools.cache
+def x264_capabilities() -> tuple[str, ...]:
+    """What x264 reports it uses on this machine, from the log of a 64x64 encoder (asked once)."""
+    with _PROBE:
+        level = av.logging.get_level()
+        av.logging.set_level(av.logging.INFO)
+        try:
+            with av.logging.Capture(local=True) as logs:
+                probe = av.CodecContext.create("libx264", "w")
+                probe.width, probe.height, probe.pix_fmt, probe.time_base = 64, 64, "yuv420p", Fraction(1, 25)
+                probe.open()
+                del probe
+        finally:
+            av.logging.set_level(level)
+    for _, _, message in logs:
+        if "using cpu capabilities:" in message:
+            return tuple(message.split(":", 1)[1].split())
+    return ()
+
+
+def codec_options(settings: EncodeSettings) -> dict[str, str]:
+    """Encoder options of a segment: the same output for the same frames on any machine."""
+    options = {"crf": str(settings.crf), "preset": settings.preset, "threads": str(settings.encoder_threads)}
+    if settings.codec == "libx264":
+        flags = x264_asm_flags(x264_capabilities())
+        if flags is not None:
+            options["x264-params"] = f"asm={flags}"
+    return options
+
+
 @dataclass(frozen=True)
 class EncodeSettings:
     codec: str = "libx264"
     quality: int = 65  # CRF 18; 100 is lossless
     preset: str = "veryfast"
-    threads: int = 0  # 0: the encoder decides
+    threads: int = 0  # encoder threads; 0: ENCODER_THREADS (fixed, whatever the machine)
+
+    @property
+    def encoder_threads(self) -> int:
+        return self.threads or ENCODER_THREADS
 
     @property
     def crf(self) -> int:
@@ -96,10 +204,7 @@ class SegmentWriter:
         stream.pix_fmt = pix_fmt
         stream.time_base = time_base
         stream.codec_context.time_base = time_base
-        options = {"crf": str(settings.crf), "preset": settings.preset}
-        if settings.threads:
-            options["threads"] = str(settings.threads)
-        stream.options = options
+        stream.options = codec_options(settings)
         if rotation:
             stream.set_display_rotation(rotation)
         self._stream = stream

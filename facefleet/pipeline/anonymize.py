@@ -42,6 +42,23 @@ def ellipse_mask(height: int, width: int) -> np.ndarray:
 BLUR_SHRINK = 4  # blur at a quarter of the size: the same result for a kernel this wide
 
 
+def tent_blur(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Blur with a tent (triangular) kernel `width` x `height` pixels wide (odd sizes):
+    stack blur's kernel, computed as two box filters (each tent side is a box of half the
+    kernel plus one; the anchors of the two passes cancel, so the kernel is centred).
+
+    Not cv2.stackBlur: its output depends on how OpenCV splits the image over its thread
+    pool, which changes with cv2.setNumThreads and whenever another thread (the encoder's
+    colour conversion, a second chunk) holds the pool at that moment, so the same frame
+    came out differently from run to run (by up to 4 levels, and by up to 60 after x264).
+    An 8-bit box filter sums integers, so its result is the same for any split, thread
+    count or SIMD level; it costs the same as stackBlur.
+    """
+    kx, ky = width // 2 + 1, height // 2 + 1
+    first = cv2.blur(image, (kx, ky), anchor=(kx // 2, ky // 2), borderType=cv2.BORDER_REPLICATE)
+    return cv2.blur(first, (kx, ky), anchor=(kx - 1 - kx // 2, ky - 1 - ky // 2), borderType=cv2.BORDER_REPLICATE)
+
+
 def blurred(region: np.ndarray) -> np.ndarray:
     """A blur whose kernel spans the whole region.
 
@@ -53,7 +70,7 @@ def blurred(region: np.ndarray) -> np.ndarray:
     h, w = region.shape[:2]
     sw, sh = max(1, w // BLUR_SHRINK), max(1, h // BLUR_SHRINK)
     small = cv2.resize(region, (sw, sh), interpolation=cv2.INTER_AREA)
-    small = cv2.stackBlur(small, (max(3, sw | 1), max(3, sh | 1)))
+    small = tent_blur(small, max(3, sw | 1), max(3, sh | 1))
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
