@@ -23,7 +23,7 @@ class PoolPlan:
     gpus_per_worker: float
     cpus_per_worker: float
     chunks_per_worker: int = MAX_IN_FLIGHT  # in flight and processed concurrently
-    media_threads: int = 0  # decoder/encoder threads per chunk: the node's cores shared out
+    media_threads: int = 0  # decoder threads per chunk: the node's cores shared out (encoders run a fixed count)
     slowdowns: tuple[float, ...] = ()  # simulation knob: per-worker factor on simulated chunks
     elastic: bool = False  # follow the cluster: workers for GPUs that join later
 

@@ -66,7 +66,7 @@ class GpuWorker:
         self.gpu_mem_limit = shared_memory_limit(gpu_share)
         self.slowdown = slowdown  # simulated chunks only: this worker's speed relative to others
         self.threads = threads  # onnxruntime threads (CPU provider)
-        self.media_threads = media_threads  # decoder and encoder threads per chunk
+        self.media_threads = media_threads  # decoder threads per chunk (x264 runs a fixed count: deterministic segments)
         if media_threads:
             cv2.setNumThreads(media_threads)
         self._processors: dict[PipelineSpec, Processor] = {}
