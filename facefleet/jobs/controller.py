@@ -17,12 +17,12 @@ import shutil
 import time
 from pathlib import Path
 
+from facefleet.cluster.chunk import chunk_checksum
 from facefleet.errors import FacefleetError, one_line
 from facefleet.jobs.runner import JobOutcome, JobRunner, PlannedJob, plan_job
 from facefleet.jobs.spec import ChunkResult, JobSpec
-from facefleet.jobs.store import Inbox, JobStore, StoreError
+from facefleet.jobs.store import Inbox, JobStore
 from facefleet.jobs.submit import pipeline_spec
-from facefleet.media.files import durable_checksum
 from facefleet.media.plan import FrameRange
 
 IDLE_SLEEP_S = 0.2
@@ -233,8 +233,10 @@ class Controller:
         for chunk, task in zip(recorded, plan.tasks):
             if chunk.state != "done":
                 continue
-            path = Path(task.segment_uri or task.table_uri) if (task.segment_uri or task.table_uri) else None
-            intact = path is None or (path.exists() and durable_checksum(path) == chunk.checksum)
+            try:
+                intact = chunk_checksum(task) == chunk.checksum  # what the worker computed when it finished
+            except FileNotFoundError:
+                intact = False
             if not intact:
                 self.store.reset_chunk(job_id, input_index, chunk.index, "its segment is missing or changed: running it again")
                 continue
