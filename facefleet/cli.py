@@ -68,7 +68,7 @@ def run(
         0, "--chunk-frames", help="Frames per chunk; 0 sizes chunks to the workers (30 to 300 frames)."
     ),
     workers: Optional[int] = typer.Option(None, "--workers", help="Workers (default: one per GPU, else one)."),
-    chunks_per_worker: int = typer.Option(2, "--chunks-per-worker", help="Chunks each worker processes at once."),
+    chunks_per_worker: Optional[int] = typer.Option(None, "--chunks-per-worker", help="Chunks each worker processes at once (default: one per 4 of its cores on GPU workers, at least 2; 2 on CPU workers).", show_default=False),
     gpu_share: float = typer.Option(1.0, "--gpu-share", help="GPU fraction per worker; 0.25 runs 4 workers per GPU."),
     address: Optional[str] = typer.Option(None, "--address", help="Join this Ray cluster instead of starting one."),
     sample_interval: float = typer.Option(0.5, "--sample-interval", help="NVML reporter sampling interval, seconds."),
@@ -302,7 +302,7 @@ def serve(
     metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics on this port (9480 is the usual one)."),
     metrics_host: str = typer.Option("127.0.0.1", "--metrics-host", help="Address the metrics server binds."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Workers (default: one per GPU, else one)."),
-    chunks_per_worker: int = typer.Option(2, "--chunks-per-worker", help="Chunks each worker processes at once."),
+    chunks_per_worker: Optional[int] = typer.Option(None, "--chunks-per-worker", help="Chunks each worker processes at once (default: one per 4 of its cores on GPU workers, at least 2; 2 on CPU workers).", show_default=False),
     gpu_share: float = typer.Option(1.0, "--gpu-share", help="GPU fraction per worker."),
     gpu_backend: str = typer.Option("auto", "--gpu-backend", help="GPU metrics: auto | real | simulated."),
     sample_interval: float = typer.Option(0.5, "--sample-interval", help="NVML sampling interval, seconds."),
@@ -324,7 +324,7 @@ def resume(
     address: Optional[str] = typer.Option(None, "--address", help="Join this Ray cluster instead of starting one."),
     state_dir: Optional[str] = typer.Option(None, "--state-dir", help=STATE_HELP),
     workers: Optional[int] = typer.Option(None, "--workers", help="Workers (default: one per GPU, else one)."),
-    chunks_per_worker: int = typer.Option(2, "--chunks-per-worker", help="Chunks each worker processes at once."),
+    chunks_per_worker: Optional[int] = typer.Option(None, "--chunks-per-worker", help="Chunks each worker processes at once (default: one per 4 of its cores on GPU workers, at least 2; 2 on CPU workers).", show_default=False),
     gpu_backend: str = typer.Option("auto", "--gpu-backend", help="GPU metrics: auto | real | simulated."),
 ) -> None:
     """After a controller crash: finish every unfinished job (done chunks are kept), then stop."""

@@ -65,10 +65,14 @@ def test_one_worker_per_gpu_each_pinned_to_its_own(cluster, pool):
 
 def test_plan_pool_shares_gpus_and_cores():
     node = ClusterInfo(cpus=16, gpus=1, nodes=1, embedded=True)
-    plan = plan_pool(node)  # one worker per GPU; its 2 chunks share the 16 cores
-    assert (plan.workers, plan.gpus_per_worker, plan.media_threads) == (1, 1, 8)
-    plan = plan_pool(node, gpu_share=0.25)
-    assert (plan.workers, plan.gpus_per_worker, plan.media_threads) == (4, 0.25, 2)
+    plan = plan_pool(node)  # one worker per GPU; its 4 chunks (one per 4 cores) share the 16 cores
+    assert (plan.workers, plan.gpus_per_worker, plan.chunks_per_worker, plan.media_threads) == (1, 1, 4, 4)
+    plan = plan_pool(node, chunks_per_worker=2)
+    assert (plan.chunks_per_worker, plan.media_threads) == (2, 8)
+    plan = plan_pool(node, gpu_share=0.25)  # 4 cores per worker: the 2-chunk minimum
+    assert (plan.workers, plan.gpus_per_worker, plan.chunks_per_worker, plan.media_threads) == (4, 0.25, 2, 2)
+    wide = plan_pool(ClusterInfo(cpus=128, gpus=2, nodes=2, embedded=False))  # 64 cores per GPU: capped
+    assert (wide.workers, wide.chunks_per_worker) == (2, 8)
     big = plan_pool(ClusterInfo(cpus=128, gpus=8, nodes=1, embedded=True), chunks_per_worker=4, gpu_share=0.25)
     assert (big.workers, big.media_threads) == (32, 1)
     with pytest.raises(Exception, match="more workers"):

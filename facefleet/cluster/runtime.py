@@ -44,6 +44,12 @@ def loopback_environment() -> None:
 
 CONNECT_TIMEOUT_S = 10
 
+# Ray starts idle Python workers ahead of tasks, up to one per CPU. facefleet runs actors
+# only, so on the 16-core H100 machine 16 such processes started with every run and spent
+# about 0.7 s of CPU each importing Ray while the GPU worker loaded its models, then sat
+# idle (py-spy, 2026-11-24). The embedded cluster starts none.
+NO_PRESTART = {"prestart_worker_first_driver": False, "enable_worker_prestart": False}
+
 
 def check_reachable(address: str) -> None:
     """Fail fast when a HOST:PORT address does not answer (Ray itself retries for minutes).
@@ -100,6 +106,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
                 _node_ip_address=LOOPBACK,
                 logging_level=logging.ERROR,
                 log_to_driver=False,
+                _system_config=NO_PRESTART,
             )
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "an embedded Ray"

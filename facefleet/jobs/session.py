@@ -15,7 +15,7 @@ from facefleet.report.console import RichProgress, print_summary
 @dataclass(frozen=True)
 class PoolOptions:
     workers: int | None = None
-    chunks_per_worker: int = 2
+    chunks_per_worker: int | None = None  # None: auto (cluster.pool.auto_chunks_per_worker)
     gpu_share: float = 1.0
     sample_interval: float = 0.5  # NVML reporter sampling, seconds
     gpu_backend: str = "auto"  # auto | real | simulated
