@@ -54,6 +54,25 @@ class ModelSession:
         return self.session.run(None, feeds)
 
     @property
+    def provider_options(self) -> dict[str, Any]:
+        """The options the provider in use runs with (device id, memory cap), as strings."""
+        try:
+            return dict(self.session.get_provider_options().get(self.provider, {}))
+        except Exception:  # a stand-in session
+            return {}
+
+    def run_on_device(self, feeds: dict[str, Any]) -> list[np.ndarray]:
+        """Run with inputs that are onnxruntime OrtValues, possibly already on the GPU
+        (IO binding: nothing goes through the host); outputs come back as numpy."""
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_ortvalue_input(name, value)
+        for out in self.session.get_outputs():
+            binding.bind_output(out.name, "cpu")
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
+
+    @property
     def pads_batches(self) -> bool:
         """Whether calls should keep one batch shape (see `pad_rows`): on a GPU provider.
 

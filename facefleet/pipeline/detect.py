@@ -10,23 +10,46 @@ and landmarks in detector-input pixels; `_finish` then applies NMS, maps them ba
 frame and clips the boxes. Model I/O conventions follow FaceFusion's published models
 (scrfd, retinaface, yolo_face, yunet) and MediaPipe's (blazeface); the pixel
 normalisation of each model comes from its ModelSpec.
+
+Preprocessing (resize, pad, channel order, normalise) runs in one of two ways, with the
+same result up to the resize's rounding (boxes agree within a pixel):
+- "host": `prepare_batch` on the CPU with OpenCV, a float32 batch fed to the model;
+- "graph": a small ONNX graph on the detector's own device (facefleet.models.preprocess)
+  fed uint8 frames, its output handed to the detector on the device through IO binding.
+"auto" (the default) takes the graph when the detector runs on CUDA, where it moves a
+quarter of the bytes to the GPU and takes the resizes off the CPU, and the host path
+otherwise. FaceDetector's `preprocess` argument or the environment variable
+FACEFLEET_DETECT_PREPROCESS (auto, graph, host) forces either way, e.g. for benchmarks.
+A graph that cannot be built or fails its first run falls back to the host path, with
+one warning.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
+import threading
+import warnings
 
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
-from facefleet.models.session import ModelSession, pad_rows
+from facefleet.models.preprocess import DevicePreprocessor, InputPlan
+from facefleet.models.session import CUDA, ModelSession, pad_rows
 from facefleet.pipeline.geometry import DetectGeometry, detect_geometry, nms
 
 NMS_IOU = 0.4
 DECODERS = ("centerface", "yunet", "scrfd", "retinaface", "yolo_face", "blazeface")
+PREPROCESS_ENV = "FACEFLEET_DETECT_PREPROCESS"
+PREPROCESS_CHOICES = ("auto", "graph", "host")
+GRAPHS_KEPT = 4  # preprocessing graphs kept per detector (one per frame size and batch rows)
+# How onnxruntime and CUDA word an allocation failure (as facefleet.cluster.chunk reads
+# them): such an error is not the graph's fault, so it goes up to halve the batch.
+ALLOCATION_FAILURES = ("out of memory", "failed to allocate", "cudaerrormemoryallocation", "bad_alloc")
 
 Decoded = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes (N,4), scores (N,), landmarks (N,5,2)
 
@@ -83,6 +106,35 @@ def prepare_batch(
         batch = batch[..., ::-1]
     out = np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)
     return normalize(out, scale, mean, std)
+
+
+def preprocess_mode(value: str | None = None) -> str:
+    """`value`, else $FACEFLEET_DETECT_PREPROCESS, else "auto" (see the module docstring)."""
+    if value is not None:
+        mode = value.strip().lower()
+        if mode not in PREPROCESS_CHOICES:
+            raise ValueError(f"detector preprocessing must be one of {', '.join(PREPROCESS_CHOICES)}, got {value!r}")
+        return mode
+    env = os.environ.get(PREPROCESS_ENV, "").strip().lower()
+    if env and env not in PREPROCESS_CHOICES:
+        choices = ", ".join(PREPROCESS_CHOICES)
+        warnings.warn(f"{PREPROCESS_ENV}={env!r} is not one of {choices}: using auto", RuntimeWarning)
+        return "auto"
+    return env or "auto"
+
+
+def input_plan(frame_w: int, frame_h: int, geom: DetectGeometry, rows: int, spec) -> InputPlan:
+    """The preprocessing graph's plan for frames of one size, as prepare_batch would do it."""
+    return InputPlan(
+        frame=(frame_w, frame_h),
+        resized=tuple(geom.resized),
+        padded=tuple(geom.padded),
+        rows=rows,
+        channels=spec.channels,
+        scale=float(spec.scale),
+        mean=tuple(float(v) for v in spec.mean),
+        std=tuple(float(v) for v in spec.std),
+    )
 
 
 def normalize(batch: np.ndarray, scale: float, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -461,6 +513,8 @@ class FaceDetector:
     results, mapped back, by NMS whose overlap threshold `nms_iou` defaults to FaceFusion's
     (0.4 for one angle, down to 0.1 for four). `max_batch` bounds the frames per model
     call; a model whose graph pins its batch size is called with that many frames.
+    `preprocess` is "auto", "graph" or "host" (None: $FACEFLEET_DETECT_PREPROCESS, else
+    auto; see the module docstring); `last_preprocess` says which one the last call took.
     """
 
     def __init__(
@@ -471,6 +525,7 @@ class FaceDetector:
         angles: Sequence[int] = (0,),
         max_batch: int | None = None,
         nms_iou: float | None = None,
+        preprocess: str | None = None,
     ):
         if model.spec.decoder not in DECODERS:
             raise ValueError(f"no decoder for detector {model.spec.name} (decoder {model.spec.decoder!r})")
@@ -490,6 +545,11 @@ class FaceDetector:
         self.angles = tuple(norm)
         self.max_batch = max_batch
         self.nms_iou = nms_iou if nms_iou is not None else angle_nms_iou(len(self.angles))
+        self.preprocess = preprocess_mode(preprocess)
+        self.last_preprocess: str | None = None  # "graph" or "host", once a call ran
+        self.graph_failure: str | None = None  # why the graph path was given up, if it was
+        self._graphs: OrderedDict[tuple, DevicePreprocessor] = OrderedDict()
+        self._graphs_lock = threading.Lock()
 
     def geometry(self, width: int, height: int) -> DetectGeometry:
         spec = self.model.spec
@@ -518,14 +578,81 @@ class FaceDetector:
         results: list[Detections] = []
         for part in call_slices(len(frames), self.model, self.max_batch):
             chunk = frames[part]
-            batch = prepare_batch(chunk, geom, spec.channels, spec.scale, spec.mean, spec.std)
             rows = padded_size(self.model, self.max_batch, len(chunk))
-            outputs = self.model.run({spec.input_name: pad_rows(batch, rows)})
+            outputs = self._run_graph(chunk, geom, rows) if self.uses_graph else None
+            if outputs is None:
+                batch = prepare_batch(chunk, geom, spec.channels, spec.scale, spec.mean, spec.std)
+                outputs = self.model.run({spec.input_name: pad_rows(batch, rows)})
+                self.last_preprocess = "host"
             # one angle: its NMS is the final one; several: each angle's own, merged later
             iou = self.nms_iou if len(self.angles) == 1 else NMS_IOU
             for decoded in itertools.islice(self._decode(outputs, rows, geom), len(chunk)):
                 results.append(_finish(*decoded, geom, frame_w, frame_h, iou))
         return results
+
+    @property
+    def uses_graph(self) -> bool:
+        """Whether calls preprocess with the ONNX graph on the model's device."""
+        if self.graph_failure is not None or self.preprocess == "host":
+            return False
+        if self.preprocess == "auto" and self.model.provider != CUDA:
+            return False
+        # a real onnxruntime session with one image input (a stand-in has no IO binding)
+        return hasattr(self.model.session, "io_binding") and not self.model.spec.extra_inputs
+
+    @property
+    def graphs(self) -> list[DevicePreprocessor]:
+        """The preprocessing graphs loaded now (most recently used last)."""
+        with self._graphs_lock:
+            return list(self._graphs.values())
+
+    def _give_up_graph(self, exc: BaseException) -> None:
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+        self.graph_failure = reason
+        with self._graphs_lock:
+            self._graphs.clear()
+        warnings.warn(
+            f"detector {self.model.spec.name}: preprocessing on {self.model.provider} as an ONNX graph failed "
+            f"({reason}); preprocessing on the CPU from now on",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+    def _run_graph(self, chunk: list[np.ndarray], geom: DetectGeometry, rows: int) -> list[np.ndarray] | None:
+        """The model's outputs for `chunk` preprocessed on its device, padded to `rows`
+        rows; None when the graph cannot run (then the host path takes over for good)."""
+        frame_h, frame_w = chunk[0].shape[:2]
+        key = (frame_w, frame_h, rows, tuple(geom.resized), tuple(geom.padded))
+        with self._graphs_lock:
+            pre = self._graphs.get(key)
+            if pre is not None:
+                self._graphs.move_to_end(key)
+        first = pre is None
+        if first:
+            try:
+                threads = 1
+                if self.model.provider != CUDA:  # forced onto the CPU: as many threads as the model
+                    threads = self.model.session.get_session_options().intra_op_num_threads
+                plan = input_plan(frame_w, frame_h, geom, rows, self.model.spec)
+                pre = DevicePreprocessor(plan, self.model.provider, self.model.provider_options, threads)
+            except Exception as exc:  # onnx missing, an operator the provider lacks, ...
+                self._give_up_graph(exc)
+                return None
+        try:
+            outputs = self.model.run_on_device({self.model.spec.input_name: pre(chunk)})
+        except Exception as exc:
+            text = str(exc).lower()
+            if not first or any(marker in text for marker in ALLOCATION_FAILURES):
+                raise  # a working graph's run error, or out of memory: the caller's to handle
+            self._give_up_graph(exc)
+            return None
+        if first:
+            with self._graphs_lock:
+                self._graphs[key] = pre
+                while len(self._graphs) > GRAPHS_KEPT:
+                    self._graphs.popitem(last=False)
+        self.last_preprocess = "graph"
+        return outputs
 
     def _decode(self, outputs: list[np.ndarray], n: int, geom: DetectGeometry) -> Iterator[Decoded]:
         decoder = self.model.spec.decoder
