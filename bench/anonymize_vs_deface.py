@@ -306,7 +306,7 @@ def inspect_output(path: Path) -> dict:
                 raw = bytes(packet).split(b"x264 - core", 1)[1].split(b"\x00", 1)[0].decode(errors="replace")
                 opts = dict(kv.split("=", 1) for kv in raw.split() if "=" in kv)
                 x264 = {k: opts.get(k) for k in ("crf", "rc", "threads", "subme", "ref", "me", "bframes", "trellis", "rc_lookahead")}
-    return {**info, "frames": frames, "x264": x264}
+    return {**info, "frames": frames, "x264": x264, "bytes": path.stat().st_size}
 
 
 # ---- the two tools --------------------------------------------------------------------
@@ -420,7 +420,8 @@ def markdown(res: dict) -> str:
             f"{row['steady_fps']} | {row.get('ratio_e2e', '-')} | {statistics.median(r['cpu_percent']['mean'] for r in runs)} | "
             f"{statistics.median(r['tool_cpu_s'] for r in runs)} | {max(r['other_cpu_s'] for r in runs)} | "
             f"{gpu_text} | {runs[0].get('provider')} | "
-            f"{out['frames']} fr {out['width']}x{out['height']}{' +audio' if out['audio'] else ''} | "
+            f"{out['frames']} fr {out['width']}x{out['height']}{' +audio' if out['audio'] else ''}, "
+            f"{out.get('bytes', 0) / 1e6:.1f} MB | "
             f"crf {x.get('crf')}, subme {x.get('subme')}, ref {x.get('ref')}, threads {x.get('threads')} |")
     r = res["ratios"]
     lines += ["", f"**facefleet / deface, end-to-end (wall time): {r['e2e']}x**; steady-state: {r['steady']}x.", ""]
