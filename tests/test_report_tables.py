@@ -236,3 +236,29 @@ def test_sample_log_accepts_tables_and_empty_input(tmp_path):
     assert log.append([]) == 0 and log.read().num_rows == 0
     table = pa.Table.from_pylist(sample_rows([sample(T0, 0)]), schema=SAMPLES_SCHEMA)
     assert log.append(table) == 1 and log.read(T0, T0).num_rows == 1
+
+
+def test_stage_start_and_end_columns_group_the_workers_stages(tmp_path):
+    times = {"decode": (T0 + 0.0, T0 + 0.8), "detect": (T0 + 0.1, T0 + 0.9), "landmarks": (T0 + 0.15, T0 + 0.92),
+             "anonymize": (T0 + 0.2, T0 + 0.95), "track": (T0 + 0.12, T0 + 0.97), "encode": (T0 + 0.3, T0 + 1.0)}
+    seconds = {"decode": 0.5, "detect": 0.4, "landmarks": 0.1, "anonymize": 0.1, "track": 0.01, "encode": 0.3, "total": 1.0}
+    providers = {"detect": "CPUExecutionProvider", "landmarks": "CPUExecutionProvider"}
+    result = ChunkResult("job", 0, "", 50, 3, seconds, 0, providers, started=T0, stage_times=times)
+    row = chunk_row(task(), result, worker(), 2, T0 + 1.1)
+    assert (row["decode_start"], row["decode_end"]) == (T0, T0 + 0.8)
+    assert (row["gpu_other_start"], row["gpu_other_end"]) == (T0 + 0.15, T0 + 0.92)
+    assert (row["cpu_post_start"], row["cpu_post_end"]) == (T0 + 0.12, T0 + 0.97)  # anonymize and track
+    assert (row["encode_start"], row["encode_end"]) == (T0 + 0.3, T0 + 1.0)
+    assert row["stage_started"]["track"] == T0 + 0.12 and row["stage_ended"]["encode"] == T0 + 1.0
+    bare = chunk_row(task(), ChunkResult("job", 1, "", 50, 0, {"total": 1.0}, 0, {}, started=T0), worker(), 1, T0 + 1)
+    assert bare["encode_start"] is None and bare["stage_started"] == {}
+    job = {"job_id": "job", "started": T0, "finished": T0 + 2}
+    write_job_data(tmp_path, job, [row, bare], [sample(T0)], None)
+    chunks = read_job_data(tmp_path).chunks.to_pylist()
+    assert chunks[0]["detect_start"] == T0 + 0.1 and dict(chunks[0]["stage_ended"])["decode"] == T0 + 0.8
+    # a file written before these columns existed reads them as nulls
+    table = pq.read_table(tmp_path / "chunks.parquet")
+    pq.write_table(table.drop_columns([c for c in table.column_names if c.endswith(("_start", "_end")) or c.startswith("stage_")
+                                       and c != "stage_seconds"]), tmp_path / "chunks.parquet")
+    old = read_job_data(tmp_path).chunks
+    assert old.schema.equals(CHUNKS_SCHEMA) and old.column("decode_start").null_count == 2

@@ -366,7 +366,7 @@ def test_a_version_0_store_is_upgraded_on_open(tmp_path):
     raw.close()
     with JobStore(tmp_path) as job_store:
         add(job_store, "after-upgrade")
-    assert schema_version(tmp_path / DB_NAME) == SCHEMA_VERSION == 1
+    assert schema_version(tmp_path / DB_NAME) == SCHEMA_VERSION == 2
     with JobStore(tmp_path, readonly=True) as reader:
         assert reader.job("after-upgrade").state == "queued"
 
@@ -375,17 +375,20 @@ def add_owner_column(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT 'nobody'")
 
 
+NEXT = SCHEMA_VERSION + 1  # a version after this code's, with a step of the test's own
+
+
 def test_a_migration_step_keeps_the_data(tmp_path, monkeypatch):
     with JobStore(tmp_path) as job_store:
         add(job_store, "old-job", inputs=2)
         finish(job_store, "old-job", 1, 2)
         before = everything(job_store, "old-job")
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(store_module.MIGRATIONS, 1, add_owner_column)
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", NEXT)
+    monkeypatch.setitem(store_module.MIGRATIONS, SCHEMA_VERSION, add_owner_column)
     with JobStore(tmp_path) as job_store:
         assert everything(job_store, "old-job") == before
         assert job_store.integrity_check() == []
-    assert schema_version(tmp_path / DB_NAME) == 2
+    assert schema_version(tmp_path / DB_NAME) == NEXT
     raw = sqlite3.connect(tmp_path / DB_NAME)
     assert raw.execute("SELECT owner FROM jobs").fetchall() == [("nobody",)]
     raw.close()
@@ -393,7 +396,7 @@ def test_a_migration_step_keeps_the_data(tmp_path, monkeypatch):
     for readonly in (False, True):
         with pytest.raises(StoreError) as exc:
             JobStore(tmp_path, readonly=readonly)
-        assert "schema version 2, newer than this facefleet's (1)" in one_line_error(exc)
+        assert f"schema version {NEXT}, newer than this facefleet's ({SCHEMA_VERSION})" in one_line_error(exc)
 
 
 def test_a_failed_migration_changes_nothing(tmp_path, monkeypatch):
@@ -404,18 +407,95 @@ def test_a_failed_migration_changes_nothing(tmp_path, monkeypatch):
         add_owner_column(db)
         db.execute("ALTER TABLE no_such_table ADD COLUMN x TEXT")
 
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(store_module.MIGRATIONS, 1, half_done)
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", NEXT)
+    monkeypatch.setitem(store_module.MIGRATIONS, SCHEMA_VERSION, half_done)
     with pytest.raises(StoreError, match="no_such_table"):
         JobStore(tmp_path)
     monkeypatch.undo()
-    assert schema_version(tmp_path / DB_NAME) == 1
+    assert schema_version(tmp_path / DB_NAME) == SCHEMA_VERSION
     with JobStore(tmp_path) as job_store:
         assert job_store.job("kept").state == "queued"
         assert job_store.integrity_check() == []
     raw = sqlite3.connect(tmp_path / DB_NAME)
     assert "owner" not in [row[1] for row in raw.execute("PRAGMA table_info(jobs)")]
     raw.close()
+
+
+def v1_store(path: Path) -> None:
+    """A store as version 1 of the code left it: a job with a done chunk (attempts 0: that
+    controller never recorded sends), a chunk started twice and running, one pending."""
+    raw = sqlite3.connect(path / DB_NAME)
+    for statement in store_module.SCHEMA_V1:
+        raw.execute(statement)
+    raw.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    raw.execute("INSERT INTO jobs VALUES ('old', 1, 'old', '{}', 'running', 0, 1.0, 2.0, NULL, NULL)")
+    raw.execute("INSERT INTO inputs VALUES ('old', 0, 'in.mp4', 'out.mp4', 'running', 30, NULL)")
+    raw.executemany(
+        "INSERT INTO chunks (job_id, input_index, idx, start, frames, state, attempts, worker, node, gpu_uuid, "
+        "started, ended, seconds, segment_uri, checksum, error, faces) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            ("old", 0, 0, 0, 10, "done", 0, 1, "node-a", None, 3.0, 4.0, '{"total": 1.0}', "s0.mp4", "sha256:aa", None, 2),
+            ("old", 0, 1, 10, 10, "running", 2, 2, "node-b", "GPU-2", 5.0, None, "{}", "s1.mp4", None, None, 0),
+            ("old", 0, 2, 20, 10, "pending", 0, None, None, None, None, None, "{}", "s2.mp4", None, None, 0),
+        ],
+    )
+    raw.commit()
+    raw.close()
+
+
+def test_a_version_1_store_migrates_to_2_with_its_chunks_readable(tmp_path):
+    v1_store(tmp_path)
+    with pytest.raises(StoreError, match="schema version 1, older"):
+        JobStore(tmp_path, readonly=True)
+    with JobStore(tmp_path, clock=Clock(100.0)) as job_store:
+        assert job_store.integrity_check() == []
+        chunks = job_store.chunks("old")
+        assert [(c.state, c.attempts, c.stage_times) for c in chunks] == [("done", 0, {}), ("running", 2, {}), ("pending", 0, {})]
+        assert chunks[0].seconds == {"total": 1.0} and chunks[0].faces == 2
+        # the one send version 1 knew of (the running chunk's last) is its attempt row
+        [kept] = job_store.attempts("old")
+        assert (kept.index, kept.attempt, kept.worker, kept.state, kept.started) == (1, 2, 2, "running", 5.0)
+        job_store.recover()
+        assert job_store.attempts("old")[0].state == "lost"
+        assert job_store.chunk_started("old", 0, 1, worker=3, node="node-c", gpu_uuid=None) == 3
+    assert schema_version(tmp_path / DB_NAME) == SCHEMA_VERSION == 2
+    with JobStore(tmp_path, readonly=True) as reader:
+        assert [a.attempt for a in reader.attempts("old", 0, 1)] == [2, 3]
+        assert reader.chunk("old", 0, 1).state == "running"
+
+
+def test_every_attempt_is_recorded(store, clock):
+    add(store, "job-tries", chunks=2)
+    assert store.chunk_started("job-tries", 0, 0, worker=1, node="node-a", gpu_uuid="GPU-1") == 1
+    clock.now = 1001.0
+    store.chunk_failed("job-tries", 0, 0, "simulated failure of chunk 0", final=False, worker=1)
+    assert (store.chunk("job-tries", 0, 0).state, store.chunk("job-tries", 0, 0).attempts) == ("pending", 1)
+    clock.now = 1002.0
+    assert store.chunk_started("job-tries", 0, 0, worker=2, node="node-b", gpu_uuid="GPU-2") == 2
+    assert store.chunk_started("job-tries", 0, 0, worker=1, node="node-a", gpu_uuid="GPU-1") == 3  # a tail copy
+    clock.now = 1003.0
+    store.chunk_failed("job-tries", 0, 0, "its worker died", final=False, worker=1)  # the copy died: still running
+    assert store.chunk("job-tries", 0, 0).state == "running"
+    store.chunk_done("job-tries", 0, 0, "seg.mp4", "sha256:1", {"total": 1.0}, 2, "node-b", "GPU-2", 1002.0, 1003.0,
+                     stage_times={"decode": [1002.1, 1002.9]})
+    chunk = store.chunk("job-tries", 0, 0)
+    assert (chunk.state, chunk.attempts, chunk.worker, chunk.stage_times) == ("done", 3, 2, {"decode": [1002.1, 1002.9]})
+    tries = [(a.attempt, a.worker, a.state, a.error, a.started, a.ended) for a in store.attempts("job-tries")]
+    assert tries == [
+        (1, 1, "failed", "simulated failure of chunk 0", 1000.0, 1001.0),
+        (2, 2, "done", None, 1002.0, 1003.0),
+        (3, 1, "failed", "its worker died", 1002.0, 1003.0),
+    ]
+    # two copies running, one finishes: the other is stopped; a call-off is no failure
+    store.chunk_started("job-tries", 0, 1, worker=1, node="node-a", gpu_uuid=None)
+    store.chunk_started("job-tries", 0, 1, worker=2, node="node-b", gpu_uuid=None)
+    store.chunk_done("job-tries", 0, 1, "seg1.mp4", "sha256:2", {}, 1, "node-a", None, 1003.0, 1004.0)
+    assert [a.state for a in store.attempts("job-tries", 0, 1)] == ["done", "stopped"]
+    store.chunk_failed("job-tries", 0, 1, "called off", final=False, worker=2, stopped=True)
+    assert store.chunk("job-tries", 0, 1).state == "done"
+    kinds = [e.kind for e in store.events("job-tries")]
+    assert kinds.count("chunk-retry") == 2 and "chunk-failed" not in kinds
+    assert store.integrity_check() == []
 
 
 def test_a_reader_refuses_an_old_or_foreign_file(tmp_path):

@@ -86,6 +86,36 @@ class _Cancelled(Exception):
     pass
 
 
+class StageTimes:
+    """Per stage, the wall-clock time (time.time()) it first started and last stopped
+    working on a chunk. Each thread records its own stages."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, tuple[float, float]] = {}
+
+    def add(self, stage: str, start: float, end: float) -> None:
+        first, last = self.times.get(stage, (start, end))
+        self.times[stage] = (min(first, start), max(last, end))
+
+    def timed_call(self, seconds: dict[str, float], call: Callable[[], list]) -> list:
+        """Run `call` (a pipeline run's process or flush, which runs its stages in turn and
+        adds each one's time to `seconds`) and place each stage within it by those times."""
+        before = dict(seconds)
+        t = time.time()
+        out = call()
+        for stage, total in seconds.items():
+            spent = total - before.get(stage, 0.0)
+            self.add(stage, t, t + spent)
+            t += spent
+        return out
+
+    def within(self, start: float, end: float) -> dict[str, tuple[float, float]]:
+        """The times, clamped to the chunk's own interval (time.time() and perf_counter
+        differ by microseconds)."""
+        clamp = lambda t: min(max(t, start), end)  # noqa: E731
+        return {stage: (clamp(first), clamp(last)) for stage, (first, last) in sorted(self.times.items())}
+
+
 class ChunkStopped(Exception):
     """The chunk was called off (another copy of it finished first); nothing is left behind."""
 
@@ -118,7 +148,8 @@ def run_chunk(
     batches of one, instead of failing. `slowdown` stretches simulated chunks only.
     `should_stop()` is asked between batches: when it says yes, the chunk stops with
     ChunkStopped and its temporary files are removed. `busy(start, end)` is told, in
-    wall-clock seconds, when the stages (the GPU work) ran.
+    wall-clock seconds, when the stages (the GPU work) ran. The result's `stage_times` say
+    when each stage first and last worked on the chunk (of the run that succeeded).
     """
     started = time.perf_counter()
     started_at = time.time()
@@ -128,13 +159,14 @@ def run_chunk(
         try:
             if should_stop():
                 raise ChunkStopped(str(task.key))
+            spans = StageTimes()
             if task.kind == "simulated":
-                (frames, seconds), faces = _run_simulated(task, progress, slowdown, should_stop, busy), 0
+                (frames, seconds), faces = _run_simulated(task, progress, slowdown, should_stop, busy, spans), 0
             elif task.kind == "image":
-                faces, seconds = _run_image(task, processor)
+                faces, seconds = _run_image(task, processor, spans)
                 frames = 1
             else:
-                frames, faces, seconds = _run_video(task, processor, progress, threads, should_stop, busy)
+                frames, faces, seconds = _run_video(task, processor, progress, threads, should_stop, busy, spans)
             break
         except Exception as exc:
             if not is_out_of_memory(exc) or processor.batch_size <= 1:
@@ -142,6 +174,7 @@ def run_chunk(
             processor.batch_size = max(1, processor.batch_size // 2)
             retries += 1
     seconds["total"] = time.perf_counter() - started
+    stage_times = spans.within(started_at, started_at + seconds["total"])
     return ChunkResult(
         checksum=chunk_checksum(task),
         job_id=task.job_id,
@@ -156,6 +189,7 @@ def run_chunk(
         started=started_at,
         batch_size=processor.batch_size,
         oom_retries=retries,
+        stage_times=stage_times,
     )
 
 
@@ -177,6 +211,7 @@ def _run_simulated(
     slowdown: float,
     should_stop: Callable[[], bool],
     busy: Callable[[float, float], None],
+    spans: StageTimes | None = None,
 ) -> tuple[int, dict[str, float]]:
     """A stand-in chunk for scheduling tests, benches and report tests: it sleeps instead
     of working. Nothing is decoded or written; results of such jobs are labelled simulated.
@@ -188,11 +223,16 @@ def _run_simulated(
     on the decode and encode threads. As in a real chunk those threads overlap the
     processing thread, so a batch takes the longest of the three and the processing
     thread waits out the rest. Other params are ignored. Returns the frames and the
-    seconds per stage, named as a real chunk names them.
+    seconds per stage, named as a real chunk names them; `spans` hears when each stage
+    worked (decode at the start of each batch, encode at its end).
+
+    A chunk whose index is in `task.simulate_failures` fails: on every send, or with
+    param `fail_tries` = N on its first N sends only (`task.attempt`).
     """
-    if task.index in task.simulate_failures:
-        raise RuntimeError(f"simulated failure of chunk {task.index}")
     params = dict(task.simulate_params)
+    if task.index in task.simulate_failures and task.attempt <= params.get("fail_tries", float("inf")):
+        raise RuntimeError(f"simulated failure of chunk {task.index}")
+    spans = spans or StageTimes()
     batch = max(1, int(params.get("batch", SIMULATED_BATCH)))
 
     def cost(name: str, frames: int) -> float:
@@ -206,11 +246,19 @@ def _run_simulated(
         overhead, gpu, post = cost("overhead_ms", 1), n * task.simulate_ms * slowdown / 1000, cost("post_ms", n)
         decode, encode = cost("decode_ms", n), cost("encode_ms", n)
         processing = overhead + gpu + post
+        b0 = time.time()
         time.sleep(overhead)
         t0 = time.time()
         time.sleep(gpu)
-        busy(t0, time.time())
+        t1 = time.time()
+        busy(t0, t1)
         time.sleep(post + max(decode, processing, encode) - processing)
+        b1 = time.time()
+        spans.add("decode", b0, min(b0 + decode, b1))
+        spans.add("detect", b0, t1)
+        if post:
+            spans.add("anonymize", t1, min(t1 + post, b1))
+        spans.add("encode", max(b1 - encode, b0), b1)
         seconds["decode"] += decode
         seconds["detect"] += overhead + gpu
         seconds["encode"] += encode
@@ -220,19 +268,22 @@ def _run_simulated(
     return task.frames, seconds
 
 
-def _run_image(task: ChunkTask, processor: Processor) -> tuple[int, dict[str, float]]:
-    t0 = time.perf_counter()
+def _run_image(task: ChunkTask, processor: Processor, spans: StageTimes) -> tuple[int, dict[str, float]]:
+    t0, w0 = time.perf_counter(), time.time()
     image = read_image(task.input_uri)
     t1 = time.perf_counter()
+    spans.add("decode", w0, time.time())
     run = processor.run(task.index)
-    items = run.process([FrameItem(0, 0, image.bgr)]) + run.flush()
-    t2 = time.perf_counter()
+    items = spans.timed_call(run.seconds, lambda: run.process([FrameItem(0, 0, image.bgr)]))
+    items += spans.timed_call(run.seconds, run.flush)
+    t2, w2 = time.perf_counter(), time.time()
     if task.segment_uri:
         with atomic_output(Path(task.segment_uri)) as tmp:
             write_image(image, tmp)
     if task.table_uri:
         write_face_table(run.rows, Path(task.table_uri))
     seconds = {"decode": t1 - t0, **run.seconds, "encode": time.perf_counter() - t2}
+    spans.add("encode", w2, time.time())
     return sum(len(item.faces) for item in items), seconds
 
 
@@ -243,11 +294,14 @@ def _run_video(
     threads: int,
     should_stop: Callable[[], bool] = lambda: False,
     busy: Callable[[float, float], None] = lambda start, end: None,
+    spans: StageTimes | None = None,
 ) -> tuple[int, int, dict[str, float]]:
     """Decode thread -> stages (this thread) -> encode thread (when the pipeline writes video).
 
-    Returns output frames, faces on them, and seconds per stage.
+    Returns output frames, faces on them, and seconds per stage; `spans` hears when each
+    stage first and last worked on the chunk.
     """
+    spans = spans or StageTimes()
     depth = 2 * processor.batch_size
     decoded: queue.Queue = queue.Queue(maxsize=depth)
     processed: queue.Queue = queue.Queue(maxsize=depth)
@@ -255,6 +309,7 @@ def _run_video(
     done = {"frames": 0, "faces": 0}
 
     def decode() -> None:
+        first = time.time()
         frames = decode_range(task.input_uri, task.decode_first_pts, task.decode_last_pts, task.seek_pts, threads=threads)
         first_index = task.start - task.context_before
         t = time.perf_counter()
@@ -264,6 +319,7 @@ def _run_video(
             _put(decoded, FrameItem(first_index + i, pts, upright(image, task.rotation), output), cancelled)
             t = time.perf_counter()
         decoder.seconds += time.perf_counter() - t
+        spans.add("decode", first, time.time())
         _put(decoded, _END, cancelled)
 
     with ExitStack() as files:
@@ -277,14 +333,18 @@ def _run_video(
             )
 
         def encode() -> None:
+            first = None
             while (item := _get(processed, cancelled)) is not _END:
                 t = time.perf_counter()
+                first = first or time.time()
                 writer.write(stored(item.image, task.rotation), item.pts)
                 done["frames"] += 1
                 encoder.seconds += time.perf_counter() - t
             t = time.perf_counter()
+            first = first or time.time()
             writer.close()
             encoder.seconds += time.perf_counter() - t
+            spans.add("encode", first, time.time())
 
         decoder = _Stage("decode", decode, cancelled)
         encoder = _Stage("encode", encode, cancelled)
@@ -307,11 +367,11 @@ def _run_video(
                 if should_stop():
                     raise ChunkStopped(str(task.key))
                 t0 = time.time()
-                out = run.process(batch)
+                out = spans.timed_call(run.seconds, lambda: run.process(batch))
                 busy(t0, time.time())
                 hand_over(out)
                 progress(done["frames"])
-            hand_over(run.flush())
+            hand_over(spans.timed_call(run.seconds, run.flush))
             if writer:
                 _put(processed, _END, cancelled)
                 while encoder.is_alive():

@@ -21,7 +21,7 @@ from facefleet.cluster.chunk import chunk_checksum
 from facefleet.errors import FacefleetError, one_line
 from facefleet.jobs.runner import JobOutcome, JobRunner, PlannedJob, plan_job
 from facefleet.jobs.spec import ChunkResult, JobSpec
-from facefleet.jobs.store import Inbox, JobStore
+from facefleet.jobs.store import Inbox, JobStore, StoreError
 from facefleet.jobs.submit import pipeline_spec
 from facefleet.media.plan import FrameRange
 
@@ -75,8 +75,11 @@ class Controller:
             monitor=monitor,
             on_chunk=self._chunk_done,
             on_end=self._unit_ended,
+            on_dispatch=self._chunk_sent,
+            on_failure=self._chunk_failed,
             feed=max(1, pool.plan.workers * pool.plan.chunks_per_worker),
             replan=False,
+            keep_outcomes=False,  # the store has them: a long-running serve must not grow
         )
         self.units: dict[str, set[str]] = {}  # job id -> its units still running
         # ended units whose called-off chunks were still running: their work dir goes once they return
@@ -240,30 +243,60 @@ class Controller:
             if not intact:
                 self.store.reset_chunk(job_id, input_index, chunk.index, "its segment is missing or changed: running it again")
                 continue
-            plan.results[task.index] = ChunkResult(
+            result = ChunkResult(
                 job_id=task.job_id, index=task.index, segment_uri=task.segment_uri, frames=task.frames, faces=chunk.faces,
                 seconds=chunk.seconds, worker_id=chunk.worker if chunk.worker is not None else -1, providers={},
-                checksum=chunk.checksum or "",
+                checksum=chunk.checksum or "", started=chunk.started or 0.0,
+                stage_times={stage: (float(a), float(b)) for stage, (a, b) in chunk.stage_times.items()},
             )
+            plan.results[task.index] = result
+            self._add_row(job_id, task, result, None, chunk.attempts, chunk.ended or time.time())
 
     # ---- hooks from the runner ------------------------------------------------------
 
+    def _worker_info(self, worker: int | None):
+        return self.pool.infos.get(worker) if hasattr(self.pool, "infos") and worker is not None else None
+
+    def _chunk_sent(self, plan: PlannedJob, task, worker: int, attempt: int) -> None:
+        """A chunk went to a worker: the store counts the attempt. Called from inside the
+        dispatcher's step, so a store that refuses the write (full disk) only costs the record."""
+        job_id, index = split_unit(plan.spec.job_id)
+        info = self._worker_info(worker)
+        try:
+            self.store.chunk_started(job_id, index, task.index, worker, info.node if info else "", info.gpu_uuid if info else None)
+        except StoreError as exc:
+            self.log(f"warning: start of chunk {task.index} of {plan.spec.job_id} (attempt {attempt}) not recorded: {one_line(exc)}")
+
+    def _chunk_failed(self, plan: PlannedJob, task, worker: int, error: str, final: bool, stopped: bool) -> None:
+        """A send came back without a result: the store records the attempt's error; the
+        chunk waits to run again, or fails for good (`final`)."""
+        job_id, index = split_unit(plan.spec.job_id)
+        try:
+            self.store.chunk_failed(job_id, index, task.index, error, final, worker=worker, stopped=stopped)
+        except StoreError as exc:
+            self.log(f"warning: failure of chunk {task.index} of {plan.spec.job_id} not recorded: {one_line(exc)}")
+
     def _chunk_done(self, plan: PlannedJob, task, result: ChunkResult) -> None:
         job_id, index = split_unit(plan.spec.job_id)
-        info = self.pool.infos.get(result.worker_id) if hasattr(self.pool, "infos") else None
+        info = self._worker_info(result.worker_id)
         now = time.time()
         self.store.chunk_done(
             job_id, index, task.index, task.segment_uri, result.checksum, result.seconds, result.worker_id,
             info.node if info else "", info.gpu_uuid if info else None, result.started, now, faces=result.faces,
+            stage_times={stage: list(span) for stage, span in result.stage_times.items()},
         )
+        row = self.store.chunk(job_id, index, task.index)
+        self._add_row(job_id, task, result, info, row.attempts if row else 1, now)
+        if self.metrics is not None and info is not None:
+            self.metrics.worker_chunk_done(result.worker_id, info.node)
+
+    def _add_row(self, job_id: str, task, result: ChunkResult, info, attempts: int, ended: float) -> None:
         try:
             from facefleet.report.tables import chunk_row
 
-            self.rows.setdefault(job_id, []).append(chunk_row(task, result, info, self.runner.dispatcher.attempts.get(task.key, 1), now))
+            self.rows.setdefault(job_id, []).append(chunk_row(task, result, info, max(1, attempts), ended))
         except Exception as exc:  # the report is secondary: the chunk is recorded
             self.log(f"warning: chunk row for the report of {job_id}: {one_line(exc)}")
-        if self.metrics is not None and info is not None:
-            self.metrics.worker_chunk_done(result.worker_id, info.node)
 
     def _unit_ended(self, plan: PlannedJob, outcome: JobOutcome) -> None:
         job_id, index = split_unit(plan.spec.job_id)

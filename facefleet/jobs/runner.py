@@ -11,7 +11,7 @@ import shutil
 import time
 from collections import deque
 from fractions import Fraction
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -100,8 +100,9 @@ SIMULATED = "simulated://"
 
 def simulated_uri(frames: int, ms_per_frame: float, failing: tuple[int, ...] = (), **params: float) -> str:
     """An input that is no file: FRAMES frames costing MS milliseconds each (sleeping),
-    chunks that always fail (by index), and further simulated costs passed to the worker
-    as `ChunkTask.simulate_params` (e.g. decode_ms=, encode_ms=).
+    chunks that fail (by index: always, or their first `fail_tries=N` sends), and further
+    simulated costs passed to the worker as `ChunkTask.simulate_params` (e.g. decode_ms=,
+    encode_ms=).
 
     For scheduling tests and benches on machines without GPUs; nothing is written, and
     its figures are simulated.
@@ -288,7 +289,15 @@ def run_jobs(specs: list[JobSpec], pool, progress: JobProgress | None = None, **
 def run_planned(planned: list[PlannedJob | JobOutcome], pool, progress: JobProgress | None = None, **options) -> list[JobOutcome]:
     """Run planned jobs on the pool's workers until all ended; failed plans pass through
     as they are. Options: those of JobRunner."""
-    runner = JobRunner(pool, progress, **options)
+    results: list[ChunkResult] = []
+    on_chunk = options.pop("on_chunk", None)
+
+    def kept(job, task, result):
+        results.append(result)
+        if on_chunk is not None:
+            on_chunk(job, task, result)
+
+    runner = JobRunner(pool, progress, on_chunk=kept, **options)
     order = [item.job_id if isinstance(item, JobOutcome) else item.spec.job_id for item in planned]
     try:
         runner.add(planned)
@@ -297,8 +306,68 @@ def run_planned(planned: list[PlannedJob | JobOutcome], pool, progress: JobProgr
     finally:
         runner.close()
     run_planned.last_stats = runner.dispatcher.stats  # for benches and tests
-    run_planned.last_results = [r for job in runner.jobs.values() for r in job.results.values()]
+    run_planned.last_results = results
     return [runner.outcomes[job_id] for job_id in order]
+
+
+def attempt_error(exc: BaseException) -> str:
+    """A failed send's error as the dispatcher words it: the worker's own message."""
+    import ray
+
+    if isinstance(exc, FacefleetError):
+        return str(exc)
+    if isinstance(exc, ray.exceptions.RayActorError):
+        return "its worker died"
+    return one_line(getattr(exc, "cause", None) or exc)
+
+
+def _called_off(exc: BaseException) -> bool:
+    from facefleet.cluster.chunk import ChunkStopped
+
+    return isinstance(getattr(exc, "cause", None) or exc, ChunkStopped)
+
+
+class _WatchedPool:
+    """The pool as the runner's dispatcher sees it: each send gets its number
+    (`ChunkTask.attempt`) and is told to `on_send(task, worker, attempt)`; each send that
+    comes back is told to `on_return(task, worker, exc)` (exc None: a result). Anything
+    else is the pool's own."""
+
+    def __init__(self, pool, on_send, on_return):
+        self._pool = pool
+        self._on_send = on_send
+        self._on_return = on_return
+        self.sends: dict[tuple[str, int], int] = {}  # chunk key -> sends so far
+        self.sent: dict = {}  # object ref -> (worker, task), until its result is read
+
+    def __getattr__(self, name: str):
+        return getattr(self._pool, name)
+
+    def submit(self, worker: int, task: ChunkTask):
+        attempt = self.sends.get(task.key, 0) + 1
+        self.sends[task.key] = attempt
+        ref = self._pool.submit(worker, replace(task, attempt=attempt))
+        self.sent[ref] = (worker, task)
+        self._on_send(task, worker, attempt)
+        return ref
+
+    def result(self, ref) -> ChunkResult:
+        worker, task = self.sent.pop(ref, (None, None))
+        try:
+            result = self._pool.result(ref)
+        except Exception as exc:
+            if task is not None:
+                self._on_return(task, worker, exc)
+            raise
+        if task is not None:
+            self._on_return(task, worker, None)
+        return result
+
+    def forget(self, job_id: str) -> None:
+        for key in [key for key in self.sends if key[0] == job_id]:
+            del self.sends[key]
+        for ref in [ref for ref, (_, task) in self.sent.items() if task.job_id == job_id]:
+            del self.sent[ref]
 
 
 class JobRunner:
@@ -308,10 +377,21 @@ class JobRunner:
     memory limit or throttling; `autoscaler` (cluster.scaling.Autoscaler) is stepped with
     the backlog and the GPUs' load, and its request released at the end. Workers idle
     for `idle_retire_s` while nothing is left to send are retired (their nodes can go).
-    `on_chunk(job, task, result)` hears of every chunk done and `on_end(job, outcome)` of
-    every job ended, before its work directory goes. With `feed` set, chunks reach the
-    dispatcher at most `feed` at a time, higher priority first and jobs of equal priority
-    taking turns, so a small job queued behind a large one starts within a few chunks.
+    With `feed` set, chunks reach the dispatcher at most `feed` at a time, higher priority
+    first and jobs of equal priority taking turns, so a small job queued behind a large
+    one starts within a few chunks.
+
+    Hooks, each called with the job's PlannedJob first:
+    - `on_dispatch(job, task, worker, attempt)`: a chunk was sent to a worker (attempt 1
+      first; a retry or a tail copy counts too);
+    - `on_failure(job, task, worker, error, final, stopped)`: a send came back without a
+      result: `final` when the chunk will not be sent again (its job fails), `stopped`
+      when it was called off (another copy finished first, or its job was stopped);
+    - `on_chunk(job, task, result)`: a chunk is done (its first result);
+    - `on_end(job, outcome)`: the job ended, before its work directory goes.
+    Once a job ended and its hooks ran, the runner forgets it: its chunks, results and the
+    dispatcher's bookkeeping go (the last only once no copy of its chunks is out). Its
+    outcome stays in `outcomes` only with `keep_outcomes` (run_planned reads them there).
     """
 
     def __init__(
@@ -326,6 +406,9 @@ class JobRunner:
         on_end=None,
         feed: int | None = None,
         replan: bool = True,
+        on_dispatch=None,
+        on_failure=None,
+        keep_outcomes: bool = True,
     ):
         from facefleet.cluster.dispatch import Dispatcher
 
@@ -335,12 +418,20 @@ class JobRunner:
         self.autoscaler = autoscaler
         self.on_chunk = on_chunk or (lambda job, task, result: None)
         self.on_end = on_end or (lambda job, outcome: None)
+        self.on_dispatch = on_dispatch or (lambda job, task, worker, attempt: None)
+        self.on_failure = on_failure or (lambda job, task, worker, error, final, stopped: None)
         self.feed = feed
         self.replan = replan  # chunks sized to this pool (off when the plan is already recorded)
-        self.dispatcher = Dispatcher(pool, duplicate_tail=duplicate_tail, monitor=monitor, idle_retire_s=idle_retire_s)
+        self.keep_outcomes = keep_outcomes
+        self._returns: list[tuple[ChunkTask, int, BaseException | None]] = []  # sends back in this step
+        self.watched = _WatchedPool(pool, self._sent, lambda task, worker, exc: self._returns.append((task, worker, exc)))
+        self.dispatcher = Dispatcher(self.watched, duplicate_tail=duplicate_tail, monitor=monitor, idle_retire_s=idle_retire_s)
         self.outcomes: dict[str, JobOutcome] = {}
-        self.jobs: dict[str, PlannedJob] = {}
+        self.jobs: dict[str, PlannedJob] = {}  # jobs not ended
         self.waiting: dict[str, deque[ChunkTask]] = {}  # chunks not yet given to the dispatcher (with feed)
+        # ended jobs whose copies are still out: kept until those are back (late results are
+        # told apart from new ones, a called-off copy is told to on_failure, its work dir goes again)
+        self.ended: dict[str, PlannedJob] = {}
         self._turn = 0
         self._last_poll = 0.0
 
@@ -350,17 +441,19 @@ class JobRunner:
 
     @property
     def busy(self) -> bool:
-        return self.dispatcher.busy or any(self.waiting.values()) or any(j not in self.outcomes for j in self.jobs)
+        return self.dispatcher.busy or any(self.waiting.values()) or bool(self.jobs)
 
     def add(self, planned: list[PlannedJob | JobOutcome]) -> None:
         now = time.monotonic()
         for item in planned:
             if isinstance(item, JobOutcome):
-                self.outcomes[item.job_id] = item
+                if self.keep_outcomes:
+                    self.outcomes[item.job_id] = item
                 self.progress.ended(item)
                 continue
             job_id = item.spec.job_id
             self.jobs[job_id] = item
+            self.ended.pop(job_id, None)  # run again (a retry): its bookkeeping was reset by the caller
             if self.replan and not item.spec.chunk_frames:  # chunks sized to this pool
                 if item.info is not None:
                     item.tasks = video_tasks(item.spec, item.info, item.workdir, self.slots)
@@ -382,21 +475,47 @@ class JobRunner:
         """Stop a job: nothing more is sent, chunks in flight are called off; False if it
         already ended."""
         job = self.jobs.get(job_id)
-        if job is None or job_id in self.outcomes:
+        if job is None:
             return False
         job.error = job.error or reason
         self.waiting.pop(job_id, None)
         self.dispatcher.drop_job(job_id)
         return True
 
+    def _sent(self, task: ChunkTask, worker: int, attempt: int) -> None:
+        job = self.jobs.get(task.job_id)
+        if job is not None:
+            self.on_dispatch(job, task, worker, attempt)
+
+    def _tell_failures(self, events: list) -> None:
+        """The sends of this step that came back without a result, or with one that was
+        dropped (a copy that lost, or its job had ended), to `on_failure`."""
+        from facefleet.cluster.dispatch import ChunkDone, ChunkFailed
+
+        returns, self._returns = self._returns, []
+        final = {event.task.key for event in events if isinstance(event, ChunkFailed)}
+        taken = {(event.task.key, event.result.worker_id) for event in events if isinstance(event, ChunkDone)}
+        for task, worker, exc in returns:
+            job = self.jobs.get(task.job_id) or self.ended.get(task.job_id)
+            if job is None or (exc is None and (task.key, worker) in taken):
+                continue
+            if exc is None or _called_off(exc):
+                ended = job.error is not None or task.job_id in self.ended
+                why = "called off: " + ("its job ended" if ended else "another copy finished first")
+                self.on_failure(job, task, worker, why, False, True)
+            else:
+                self.on_failure(job, task, worker, attempt_error(exc), task.key in final, False)
+
     def step(self) -> None:
         from facefleet.cluster.dispatch import ChunkDone
 
         self._top_up()
-        for event in self.dispatcher.step(POLL_S):
-            job = self.jobs[event.task.job_id]
-            if job.spec.job_id in self.outcomes:
-                continue
+        events = self.dispatcher.step(POLL_S)
+        self._tell_failures(events)
+        for event in events:
+            job = self.jobs.get(event.task.job_id)
+            if job is None:
+                continue  # ended already (a late copy)
             if isinstance(event, ChunkDone):
                 if event.task.index not in job.results:
                     job.results[event.task.index] = event.result
@@ -406,22 +525,20 @@ class JobRunner:
                 self.waiting.pop(job.spec.job_id, None)
                 self.dispatcher.drop_job(job.spec.job_id)
         for job in list(self.jobs.values()):
-            if job.spec.job_id in self.outcomes:
-                continue
             if job.done or (job.error is not None and self.dispatcher.in_flight(job.spec.job_id) == 0):
                 self._end(job)
         now = time.monotonic()
         if now - self._last_poll >= 2 * POLL_S:
             self._last_poll = now
-            _report_progress(self.jobs, self.outcomes, self.dispatcher.refresh_progress(), self.progress)
+            _report_progress(self.jobs, self.dispatcher.refresh_progress(), self.progress)
             self.dispatcher.rebalance()
             if self.autoscaler is not None:
                 _step_autoscaler(self.autoscaler, self.dispatcher, self.monitor)
         if not self.dispatcher.busy and not any(self.waiting.values()):
             for job in list(self.jobs.values()):  # no worker was left to run it
-                if job.spec.job_id not in self.outcomes:
-                    job.error = job.error or "not finished: no worker could run its chunks"
-                    self._end(job)
+                job.error = job.error or "not finished: no worker could run its chunks"
+                self._end(job)
+        self._forget_ended()
 
     def _top_up(self) -> None:
         """With `feed`: give the dispatcher chunks up to `feed` waiting, by priority, then
@@ -438,6 +555,7 @@ class JobRunner:
             self.dispatcher.add([self.waiting[ready[self._turn]].popleft()])
 
     def _end(self, job: PlannedJob) -> None:
+        job_id = job.spec.job_id
         if job.error is None:
             try:
                 finish_job(job)
@@ -446,23 +564,63 @@ class JobRunner:
             except Exception as exc:  # a bug: this job fails, the others go on
                 job.error = f"internal error while assembling the output: {one_line(exc)}"
         outcome = outcome_of(job)
-        self.outcomes[job.spec.job_id] = outcome
-        self.waiting.pop(job.spec.job_id, None)
+        if self.keep_outcomes:
+            self.outcomes[job_id] = outcome
+        self.waiting.pop(job_id, None)
         try:
             self.on_end(job, outcome)
         finally:
             shutil.rmtree(job.workdir, ignore_errors=True)
+            # forget the job: its chunks and results; nothing of it is sent any more
+            self.jobs.pop(job_id, None)
+            self.dispatcher.pending = deque(t for t in self.dispatcher.pending if t.job_id != job_id)
+            self.ended[job_id] = job
         self.progress.ended(outcome)
+
+    def _forget_ended(self) -> None:
+        """The dispatcher's bookkeeping of ended jobs goes once no copy of their chunks is
+        out (until then it tells their late results apart from new ones), and their work
+        directory again (a late copy may have written to it)."""
+        if not self.ended:
+            return
+        out = {flight.task.job_id for flight in self.dispatcher.flights.values()}
+        for job_id in [j for j in self.ended if j not in out]:
+            job = self.ended.pop(job_id)
+            if job_id in self.jobs:
+                continue  # added again meanwhile: its bookkeeping and work dir are the new run's
+            if not job.simulated:
+                shutil.rmtree(job.workdir, ignore_errors=True)
+            self.dispatcher.finished.difference_update([key for key in self.dispatcher.finished if key[0] == job_id])
+            for key in [key for key in self.dispatcher.attempts if key[0] == job_id]:
+                del self.dispatcher.attempts[key]
+            self.watched.forget(job_id)
+
+    def held(self) -> dict[str, int]:
+        """How much per-job state the runner holds now (for tests and leak hunts)."""
+        return {
+            "jobs": len(self.jobs),
+            "outcomes": len(self.outcomes),
+            "waiting": len(self.waiting),
+            "ended": len(self.ended),
+            "finished_keys": len(self.dispatcher.finished),
+            "attempt_keys": len(self.dispatcher.attempts),
+            "sends": len(self.watched.sends),
+            "sent": len(self.watched.sent),
+            "flights": len(self.dispatcher.flights),
+        }
 
     def close(self, keep_unfinished: bool = False) -> None:
         """Release the autoscaler's request, let called-off chunks stop, tidy up: work
-        directories go, those of unfinished jobs only unless `keep_unfinished` (resumable)."""
+        directories of unfinished jobs go too, unless `keep_unfinished` (resumable)."""
         if self.autoscaler is not None:
             self.autoscaler.release(time.monotonic(), "the jobs ended")
         self.dispatcher.wait_for_stragglers(timeout=5.0)
+        for job in self.ended.values():  # a losing copy may have written late
+            if not job.simulated:
+                shutil.rmtree(job.workdir, ignore_errors=True)
         for job in self.jobs.values():
-            if not job.simulated and (job.spec.job_id in self.outcomes or not keep_unfinished):
-                shutil.rmtree(job.workdir, ignore_errors=True)  # a losing copy may have written late
+            if not job.simulated and not keep_unfinished:
+                shutil.rmtree(job.workdir, ignore_errors=True)
 
 
 def _step_autoscaler(autoscaler, dispatcher, monitor) -> None:
@@ -479,13 +637,13 @@ def _step_autoscaler(autoscaler, dispatcher, monitor) -> None:
     )
 
 
-def _report_progress(jobs: dict[str, PlannedJob], outcomes: dict, current: dict, progress: JobProgress) -> None:
+def _report_progress(jobs: dict[str, PlannedJob], current: dict, progress: JobProgress) -> None:
     partial: dict[str, int] = {}
     for (job_id, index), frames in current.items():
         if job_id in jobs and index not in jobs[job_id].results:
             partial[job_id] = partial.get(job_id, 0) + frames
     for job_id, job in jobs.items():
-        if job_id in outcomes or job.started is None:
+        if job.started is None:
             continue
         done = sum(r.frames for r in job.results.values()) + partial.get(job_id, 0)
         progress.advanced(job_id, min(done, job.total_frames))

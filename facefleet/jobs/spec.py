@@ -51,8 +51,9 @@ class ChunkTask:
     rotation: int = 0
     table_uri: str = ""  # where the worker writes this chunk's face rows (analyze), "" for none
     simulate_ms: float = 0.0  # simulated chunks: milliseconds per frame
-    simulate_failures: tuple[int, ...] = ()  # simulated chunks: indices that always fail
+    simulate_failures: tuple[int, ...] = ()  # simulated chunks: indices that fail (param fail_tries: their first N sends only)
     simulate_params: tuple[tuple[str, float], ...] = ()  # simulated chunks: other costs (decode_ms, encode_ms, ...)
+    attempt: int = 1  # which send of this chunk this is (set by the runner as it sends it)
 
     @property
     def key(self) -> tuple[str, int]:
@@ -86,3 +87,8 @@ class ChunkResult:
     batch_size: int = 0  # frames per detector call at the end of the chunk
     oom_retries: int = 0  # times the chunk ran again with half the batch after an allocation failure
     checksum: str = ""  # sha256 of the segment (or face table), flushed to disk first; simulated: of the chunk's name
+    # stage -> (first, last): wall-clock times (time.time()) the stage first started and last
+    # stopped working on this chunk, within [started, started + seconds["total"]]. Stages
+    # overlap (decode and encode threads beside the processing thread); the processing
+    # thread's stages are timed per batch call, so theirs are the batch calls' bounds.
+    stage_times: dict[str, tuple[float, float]] = field(default_factory=dict)

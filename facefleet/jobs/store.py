@@ -17,13 +17,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from facefleet.errors import FacefleetError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_NAME = "facefleet.db"
 INBOX_DIR = "inbox"
 BUSY_TIMEOUT_S = 10.0  # a reader may briefly hold a lock the writer needs (WAL checkpoint), and back
@@ -33,6 +33,9 @@ LOST = "the controller stopped while it ran"
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
 INPUT_STATES = ("pending", "running", "done", "failed", "cancelled")
 CHUNK_STATES = ("pending", "running", "done", "failed")
+# one send of a chunk to a worker: running, then done, failed, stopped (called off: another
+# copy finished first, or its job ended) or lost (the controller stopped while it ran)
+ATTEMPT_STATES = ("running", "done", "failed", "stopped", "lost")
 FINAL_JOB_STATES = ("done", "failed", "cancelled")
 RETRYABLE = ("failed", "cancelled")
 # set_job_state's transitions; failed|cancelled -> queued only through retry(), which also resets chunks
@@ -93,6 +96,24 @@ class ChunkRow:
     checksum: str | None
     error: str | None
     faces: int = 0  # faces found in the chunk's frames (when done)
+    stage_times: dict = field(default_factory=dict)  # stage -> [first, last] wall-clock time it worked on the chunk
+
+
+@dataclass(frozen=True)
+class AttemptRow:
+    """One send of a chunk to a worker (schema version 2)."""
+
+    job_id: str
+    input_index: int
+    index: int
+    attempt: int  # 1 for the first send
+    worker: int | None
+    node: str | None
+    gpu_uuid: str | None
+    started: float | None
+    ended: float | None
+    state: str  # one of ATTEMPT_STATES
+    error: str | None
 
 
 @dataclass(frozen=True)
@@ -181,15 +202,50 @@ def _create_v1(db: sqlite3.Connection) -> None:
         db.execute(statement)
 
 
+SCHEMA_V2 = (
+    "ALTER TABLE chunks ADD COLUMN stage_times TEXT NOT NULL DEFAULT '{}'",
+    """CREATE TABLE attempts (
+        job_id TEXT NOT NULL,
+        input_index INTEGER NOT NULL,
+        idx INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        worker INTEGER,
+        node TEXT,
+        gpu_uuid TEXT,
+        started REAL,
+        ended REAL,
+        state TEXT NOT NULL,
+        error TEXT,
+        PRIMARY KEY (job_id, input_index, idx, attempt),
+        FOREIGN KEY (job_id, input_index, idx) REFERENCES chunks (job_id, input_index, idx) ON DELETE CASCADE)
+        WITHOUT ROWID""",
+    # a version 1 store knew only each chunk's last send: it becomes that chunk's one attempt row
+    """INSERT INTO attempts (job_id, input_index, idx, attempt, worker, node, gpu_uuid, started, ended, state, error)
+        SELECT job_id, input_index, idx, attempts, worker, node, gpu_uuid, started, ended,
+               CASE state WHEN 'done' THEN 'done' WHEN 'running' THEN 'running' WHEN 'failed' THEN 'failed'
+                          ELSE 'lost' END,
+               error
+        FROM chunks WHERE attempts > 0""",
+)
+
+
+def _v1_to_v2(db: sqlite3.Connection) -> None:
+    """Version 2: every send of a chunk (table attempts) and each stage's first and last
+    time on a chunk (chunks.stage_times)."""
+    for statement in SCHEMA_V2:
+        db.execute(statement)
+
+
 # version -> the step that upgrades a store at that version to the next one
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {0: _create_v1}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {0: _create_v1, 1: _v1_to_v2}
 
 JOB_COLUMNS = "job_id, name, spec, state, priority, created, started, finished, error, seq"
 INPUT_COLUMNS = "job_id, idx, input_uri, output_uri, state, frames, error"
 CHUNK_COLUMNS = (
     "job_id, input_index, idx, start, frames, state, attempts, worker, node, gpu_uuid, "
-    "started, ended, seconds, segment_uri, checksum, error, faces"
+    "started, ended, seconds, segment_uri, checksum, error, faces, stage_times"
 )
+ATTEMPT_COLUMNS = "job_id, input_index, idx, attempt, worker, node, gpu_uuid, started, ended, state, error"
 EVENT_COLUMNS = "id, job_id, time, kind, message"
 CHUNK_KEY = "job_id = ? AND input_index = ? AND idx = ?"
 
@@ -199,7 +255,7 @@ def _job_row(row: tuple) -> JobRow:
 
 
 def _chunk_row(row: tuple) -> ChunkRow:
-    return ChunkRow(*row[:12], json.loads(row[12]), *row[13:])
+    return ChunkRow(*row[:12], json.loads(row[12]), *row[13:17], json.loads(row[17]))
 
 
 def _schema_version(db: sqlite3.Connection, path: Path) -> int:
@@ -480,17 +536,44 @@ class JobStore:
 
     def chunk_started(
         self, job_id: str, input_index: int, index: int, worker: int, node: str, gpu_uuid: str | None
-    ) -> None:
-        """A worker took the chunk (a running chunk may start again as a duplicate copy)."""
+    ) -> int:
+        """A worker took the chunk (a running chunk may start again as a duplicate copy).
+        Returns the attempt's number (1 for the first send)."""
         with self._write() as db:
             state = self._chunk_state(db, job_id, input_index, index)
             if state not in ("pending", "running"):
                 raise StoreError(f"chunk {index} of input {input_index} of job {job_id} is {state}; it cannot start")
+            now = self._clock()
             db.execute(
                 "UPDATE chunks SET state = 'running', attempts = attempts + 1, worker = ?, node = ?, gpu_uuid = ?, "
                 f"started = ?, ended = NULL, error = NULL WHERE {CHUNK_KEY}",
-                (worker, node, gpu_uuid, self._clock(), job_id, input_index, index),
+                (worker, node, gpu_uuid, now, job_id, input_index, index),
             )
+            attempt = db.execute(f"SELECT attempts FROM chunks WHERE {CHUNK_KEY}", (job_id, input_index, index)).fetchone()[0]
+            db.execute(
+                f"INSERT OR REPLACE INTO attempts ({ATTEMPT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, 'running', NULL)",
+                (job_id, input_index, index, attempt, worker, node, gpu_uuid, now),
+            )
+        return attempt
+
+    @staticmethod
+    def _end_attempt(
+        db: sqlite3.Connection, key: tuple[str, int, int], worker: int | None, state: str, error: str | None, now: float
+    ) -> None:
+        """The latest running attempt of the chunk (by `worker`, when given) ends in `state`."""
+        row = db.execute(
+            f"SELECT MAX(attempt) FROM attempts WHERE {CHUNK_KEY} AND state = 'running' AND (? IS NULL OR worker = ?)",
+            (*key, worker, worker),
+        ).fetchone()
+        if row[0] is not None:
+            db.execute(
+                f"UPDATE attempts SET state = ?, ended = ?, error = ? WHERE {CHUNK_KEY} AND attempt = ?",
+                (state, now, error, *key, row[0]),
+            )
+
+    @staticmethod
+    def _running_attempts(db: sqlite3.Connection, key: tuple[str, int, int]) -> int:
+        return db.execute(f"SELECT COUNT(*) FROM attempts WHERE {CHUNK_KEY} AND state = 'running'", key).fetchone()[0]
 
     def chunk_done(
         self,
@@ -506,37 +589,68 @@ class JobStore:
         started: float,
         ended: float,
         faces: int = 0,
+        stage_times: dict | None = None,
     ) -> None:
         """The chunk's segment is durable with this checksum. A chunk already done keeps its
-        first result (a duplicate copy finished second)."""
+        first result (a duplicate copy finished second). `worker`'s attempt is done; other
+        copies still running are recorded as stopped (they are called off)."""
         if not checksum:
             raise StoreError(
                 f"chunk {index} of input {input_index} of job {job_id} has no checksum: "
                 "a chunk is done only with its segment's checksum recorded"
             )
         seconds_json = _to_json(seconds, "chunk timings")
+        times_json = _to_json(stage_times or {}, "stage times")
+        key = (job_id, input_index, index)
         with self._write() as db:
-            if self._chunk_state(db, job_id, input_index, index) == "done":
+            if self._chunk_state(db, *key) == "done":
+                self._end_attempt(db, key, worker, "stopped", "another copy finished first", self._clock())
                 return
             db.execute(
                 "UPDATE chunks SET state = 'done', segment_uri = ?, checksum = ?, seconds = ?, worker = ?, node = ?, "
-                f"gpu_uuid = ?, started = ?, ended = ?, faces = ?, error = NULL WHERE {CHUNK_KEY}",
-                (segment_uri, checksum, seconds_json, worker, node, gpu_uuid, started, ended, faces)
-                + (job_id, input_index, index),
+                f"gpu_uuid = ?, started = ?, ended = ?, faces = ?, stage_times = ?, error = NULL WHERE {CHUNK_KEY}",
+                (segment_uri, checksum, seconds_json, worker, node, gpu_uuid, started, ended, faces, times_json) + key,
+            )
+            now = self._clock()
+            self._end_attempt(db, key, worker, "done", None, now)
+            db.execute(
+                f"UPDATE attempts SET state = 'stopped', ended = ?, error = 'another copy finished first' "
+                f"WHERE {CHUNK_KEY} AND state = 'running'",
+                (now, *key),
             )
 
-    def chunk_failed(self, job_id: str, input_index: int, index: int, error: str, final: bool) -> None:
-        """The chunk failed: for good (`final`) or to run again (back to pending). A chunk
-        already done stays done."""
+    def chunk_failed(
+        self,
+        job_id: str,
+        input_index: int,
+        index: int,
+        error: str,
+        final: bool,
+        worker: int | None = None,
+        stopped: bool = False,
+    ) -> None:
+        """An attempt of the chunk failed (`worker`'s latest, else the latest running one):
+        the chunk fails for good (`final`) or waits to run again (back to pending; running
+        while another copy still runs). `stopped`: the attempt was called off, not a failure
+        (no event). A chunk already done stays done."""
+        key = (job_id, input_index, index)
         with self._write() as db:
-            if self._chunk_state(db, job_id, input_index, index) == "done":
+            state = self._chunk_state(db, *key)
+            now = self._clock()
+            self._end_attempt(db, key, worker, "stopped" if stopped else "failed", error, now)
+            if state == "done":
                 return
+            if final and not stopped:
+                new = "failed"
+            else:
+                new = "running" if self._running_attempts(db, key) else "pending"
             db.execute(
                 f"UPDATE chunks SET state = ?, error = ?, ended = ? WHERE {CHUNK_KEY}",
-                ("failed" if final else "pending", error, self._clock(), job_id, input_index, index),
+                (new, error, now if new != "running" else None, *key),
             )
-            kind = "chunk-failed" if final else "chunk-retry"
-            self._log(db, job_id, kind, f"chunk {index} of input {input_index}: {error}")
+            if not stopped:
+                kind = "chunk-failed" if new == "failed" else "chunk-retry"
+                self._log(db, job_id, kind, f"chunk {index} of input {input_index}: {error}")
 
     def reset_chunk(self, job_id: str, input_index: int, index: int, reason: str) -> None:
         """A done chunk runs again: its segment is missing or does not match its checksum."""
@@ -603,6 +717,9 @@ class JobStore:
         with self._write() as db:
             lost = db.execute("SELECT job_id, COUNT(*) FROM chunks WHERE state = 'running' GROUP BY job_id").fetchall()
             db.execute("UPDATE chunks SET state = 'pending', error = ? WHERE state = 'running'", (LOST,))
+            db.execute(
+                "UPDATE attempts SET state = 'lost', error = ?, ended = ? WHERE state = 'running'", (LOST, self._clock())
+            )
             for job_id, count in lost:
                 self._log(db, job_id, "recovered", f"{count} chunk(s) that were running will run again ({LOST})")
             rows = db.execute(
@@ -619,6 +736,11 @@ class JobStore:
             db.execute(
                 "UPDATE chunks SET state = 'pending', error = NULL WHERE job_id = ? AND state IN ('failed', 'running')",
                 (job_id,),
+            )
+            db.execute(
+                "UPDATE attempts SET state = 'stopped', error = 'the job was retried', ended = ? "
+                "WHERE job_id = ? AND state = 'running'",
+                (self._clock(), job_id),
             )
             db.execute(
                 "UPDATE inputs SET state = 'pending', error = NULL WHERE job_id = ? AND state != 'done'", (job_id,)
@@ -678,6 +800,19 @@ class JobStore:
         )
         return [_chunk_row(row) for row in rows]
 
+    def chunk(self, job_id: str, input_index: int, index: int) -> ChunkRow | None:
+        rows = self._rows(f"SELECT {CHUNK_COLUMNS} FROM chunks WHERE {CHUNK_KEY}", (job_id, input_index, index))
+        return _chunk_row(rows[0]) if rows else None
+
+    def attempts(self, job_id: str, input_index: int | None = None, index: int | None = None) -> list[AttemptRow]:
+        """Every send of the job's chunks (of one input, of one chunk), in chunk and send order."""
+        rows = self._rows(
+            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE job_id = ? AND (? IS NULL OR input_index = ?) "
+            "AND (? IS NULL OR idx = ?) ORDER BY input_index, idx, attempt",
+            (job_id, input_index, input_index, index, index),
+        )
+        return [AttemptRow(*row) for row in rows]
+
     def chunk_counts(self, job_id: str) -> dict[str, int]:
         """Chunks per state; every state in CHUNK_STATES is a key."""
         counts = dict.fromkeys(CHUNK_STATES, 0)
@@ -697,7 +832,9 @@ class JobStore:
 
     def integrity_check(self) -> list[str]:
         """What is wrong with the store ([] when sound): SQLite's own checks and ours."""
-        unknown = (("jobs", JOB_STATES), ("inputs", INPUT_STATES), ("chunks", CHUNK_STATES))
+        unknown = (
+            ("jobs", JOB_STATES), ("inputs", INPUT_STATES), ("chunks", CHUNK_STATES), ("attempts", ATTEMPT_STATES)
+        )
         with self.snapshot():
             problems = [line for (line,) in self._rows("PRAGMA integrity_check") if line != "ok"]
             for table, _, parent, _ in self._rows("PRAGMA foreign_key_check"):

@@ -34,7 +34,7 @@ from facefleet.cluster.nvml import GpuSample, LIMITING_REASONS
 from facefleet.jobs.spec import ChunkResult, ChunkTask, WorkerInfo
 from facefleet.media.files import atomic_output
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: stage start/end columns in chunks.parquet
 SAMPLES_FILE = "gpu_samples.parquet"
 CHUNKS_FILE = "chunks.parquet"
 SUMMARY_FILE = "summary.json"
@@ -71,6 +71,7 @@ SAMPLE_COLUMNS: tuple[tuple[str, pa.DataType, str, str], ...] = (
 # controller having the result.
 STAGE_COLUMNS = ("decode_s", "detect_s", "gpu_other_s", "cpu_post_s", "encode_s", "waiting_s", "return_s")
 PROCESSING_COLUMNS = ("detect_s", "gpu_other_s", "cpu_post_s")  # the processing thread's stages
+STAGE_GROUPS = ("decode", "detect", "gpu_other", "cpu_post", "encode")  # the stage columns' names, less _s
 
 CHUNK_COLUMNS: tuple[tuple[str, pa.DataType, str, str], ...] = (
     ("job_id", pa.string(), "", "the job"),
@@ -101,6 +102,19 @@ CHUNK_COLUMNS: tuple[tuple[str, pa.DataType, str, str], ...] = (
     ("oom_retries", pa.int32(), "", "times the chunk ran again with half the batch after running out of memory"),
     ("attempts", pa.int32(), "", "times the chunk was sent (1: first try)"),
     ("simulated", pa.bool_(), "", "a simulated chunk (it slept instead of working)"),
+    # schema 2: when each stage worked on the chunk (stages overlap: see docs/reports.md)
+    ("decode_start", pa.float64(), "s (Unix time)", "the decode thread started on the chunk (opening, seeking)"),
+    ("decode_end", pa.float64(), "s (Unix time)", "the decode thread had decoded its last frame"),
+    ("detect_start", pa.float64(), "s (Unix time)", "the first face detector call began"),
+    ("detect_end", pa.float64(), "s (Unix time)", "the last face detector call ended"),
+    ("gpu_other_start", pa.float64(), "s (Unix time)", "the first call of another model stage began (null: none)"),
+    ("gpu_other_end", pa.float64(), "s (Unix time)", "the last call of another model stage ended (null: none)"),
+    ("cpu_post_start", pa.float64(), "s (Unix time)", "the first call of a CPU post stage began (null: none)"),
+    ("cpu_post_end", pa.float64(), "s (Unix time)", "the last call of a CPU post stage ended (null: none)"),
+    ("encode_start", pa.float64(), "s (Unix time)", "the encode thread began writing the first frame (null: no video written)"),
+    ("encode_end", pa.float64(), "s (Unix time)", "the encode thread had closed the segment (null: no video written)"),
+    ("stage_started", pa.map_(pa.string(), pa.float64()), "s (Unix time)", "every stage's first time on the chunk"),
+    ("stage_ended", pa.map_(pa.string(), pa.float64()), "s (Unix time)", "every stage's last time on the chunk"),
 )
 
 
@@ -139,6 +153,12 @@ def chunk_row(
     groups["return_s"] = max(0.0, ended - finished)
     simulated = task.kind == "simulated"
     batch = int(dict(task.simulate_params).get("batch", SIMULATED_BATCH)) if simulated else result.batch_size
+    spans: dict[str, Any] = {f"{g}_{edge}": None for g in STAGE_GROUPS for edge in ("start", "end")}
+    for stage, (first, last) in result.stage_times.items():
+        group = stage_group(stage, result.providers)[: -len("_s")]
+        start, end = spans[f"{group}_start"], spans[f"{group}_end"]
+        spans[f"{group}_start"] = float(first) if start is None else min(start, float(first))
+        spans[f"{group}_end"] = float(last) if end is None else max(end, float(last))
     return {
         "job_id": task.job_id,
         "chunk": task.index,
@@ -162,6 +182,9 @@ def chunk_row(
         "oom_retries": result.oom_retries,
         "attempts": attempts,
         "simulated": simulated,
+        **spans,
+        "stage_started": {k: float(v[0]) for k, v in sorted(result.stage_times.items())},
+        "stage_ended": {k: float(v[1]) for k, v in sorted(result.stage_times.items())},
     }
 
 
