@@ -10,11 +10,20 @@ class FacefleetError(Exception):
     """
 
 
+def shown(uri: str) -> str:
+    """A path or URI as one printable line: control characters (a newline or tab in a file
+    name) written as escapes, like Python's repr does; anything else, non-ASCII included,
+    as it is. Messages name inputs this way so that an error stays one line."""
+    if uri.isprintable():
+        return uri
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in uri)
+
+
 class InputError(FacefleetError):
     """An input cannot be read as media (missing, not media, truncated, no video...)."""
 
     def __init__(self, uri: str, reason: str):
-        super().__init__(f"{uri}: {reason}")
+        super().__init__(f"{shown(uri)}: {reason}")
         self.uri = uri
         self.reason = reason
 

@@ -18,12 +18,19 @@ from facefleet.media.probe import open_input
 
 def _frames_from(uri: str, container, stream, seek_pts: int) -> Iterator[av.VideoFrame]:
     last = seek_pts
+    previous = None
     try:
         container.seek(seek_pts, stream=stream, backward=True)
         for frame in container.decode(stream):
             if frame.pts is None:
                 raise InputError(uri, "a decoded video frame has no timestamp")
-            last = frame.pts
+            if previous is not None and frame.pts <= previous:  # decoders output in presentation order
+                at, before = (float(p * stream.time_base) if stream.time_base else 0.0 for p in (frame.pts, previous))
+                raise InputError(
+                    uri, f"video timestamps go backwards: a frame at {at:.3f} s follows one at {before:.3f} s; "
+                    "remux it with fresh timestamps first"
+                )
+            previous = last = frame.pts
             yield frame
     except av.error.FFmpegError as exc:
         reason = " ".join((getattr(exc, "strerror", None) or str(exc)).split())

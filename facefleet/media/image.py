@@ -101,15 +101,29 @@ def read_image(uri: str) -> Image:
             image = unchanged
     if image is None:
         raise InputError(uri, NOT_AN_IMAGE)
-    if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
-    elif image.dtype != np.uint8:
-        raise InputError(uri, f"unsupported image sample type {image.dtype}")
+    image = _to_uint8(uri, image)
     if image.ndim == 2:
         return Image(cv2.cvtColor(image, cv2.COLOR_GRAY2BGR))
     if image.shape[2] == 4:
         return Image(np.ascontiguousarray(image[:, :, :3]), np.ascontiguousarray(image[:, :, 3]))
     return Image(image)
+
+
+def _to_uint8(uri: str, image: np.ndarray) -> np.ndarray:
+    """8 bits per sample: 16-bit keeps its high byte, floating point (HDR TIFF/EXR, 0..1)
+    is clipped and scaled, other integer types are scaled from their full range."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        return (image >> 8).astype(np.uint8)
+    if image.dtype.kind == "f":
+        finite = np.nan_to_num(image.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+        return (np.clip(finite, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+    if image.dtype.kind in "iu":
+        info = np.iinfo(image.dtype)
+        scaled = (image.astype(np.float64) - info.min) / (info.max - info.min) * 255 + 0.5
+        return scaled.astype(np.uint8)
+    raise InputError(uri, f"unsupported image sample type {image.dtype}")
 
 
 def write_image(image: Image, path: Path) -> None:

@@ -6,6 +6,7 @@ so it is fast even for long videos; the frame list is the sorted packet timestam
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -79,9 +80,10 @@ def _check_local(uri: str, path: Path) -> None:
 
 def _open_container(uri: str, source) -> av.container.InputContainer:
     try:
+        # metadata in another encoding than UTF-8 (old cameras, damaged tags) must not stop a video
         if isinstance(source, str):
-            return av.open(source, mode="r")
-        return av.open(source, mode="r", buffer_size=REMOTE_BUFFER_BYTES)
+            return av.open(source, mode="r", metadata_errors="replace")
+        return av.open(source, mode="r", buffer_size=REMOTE_BUFFER_BYTES, metadata_errors="replace")
     except av.error.FFmpegError as exc:
         truncated = cut_short(uri)
         if truncated:
@@ -95,6 +97,8 @@ def _open_container(uri: str, source) -> av.container.InputContainer:
 
 def _reason(exc: Exception) -> str:
     """The cause of an error in one line, without the file name FFmpeg appends."""
+    if getattr(exc, "errno", None) == errno.ENOMEM:  # FFmpeg believed an impossible size in the file
+        return "damaged: a size in its header is impossible"
     text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     return " ".join(str(text).split())
 
@@ -132,7 +136,7 @@ def _cut_short_mp4(f, size: int) -> str | None:
             length = int.from_bytes(head[8:16], "big")
         elif length == 0:  # the last box, up to the end of the file
             length = size - offset
-        if length < 8 or not kind.isprintable():
+        if length < 8 or not all(chr(b).isalnum() and b < 127 or b in b" \xa9" for b in head[4:8]):  # ASCII, (c)
             return None  # not a box structure this walker understands
         if offset + length > size:
             missing = "" if "moov" in boxes or kind == "moov" else "; its frame index ('moov') is missing"
@@ -184,6 +188,9 @@ def probe_video(uri: str) -> VideoInfo:
     """Describe a video input, or raise InputError saying why it cannot be processed."""
     with open_input(uri) as container:
         if not container.streams.video:
+            truncated = cut_short(uri)  # a cut header lists fewer streams than the file had
+            if truncated:
+                raise InputError(uri, truncated)
             kinds = sorted({s.type for s in container.streams}) or ["none"]
             raise InputError(uri, f"has no video stream (streams: {', '.join(kinds)})")
         stream = container.streams.video[0]
@@ -193,6 +200,7 @@ def probe_video(uri: str) -> VideoInfo:
             raise InputError(uri, "video stream has no time base")
         pts_list: list[int] = []
         key_pts: set[int] = set()
+        settled = -(1 << 62)  # latest pts of the frames no decoder can still reorder past
         try:
             for packet in container.demux(stream):
                 if packet.size == 0:
@@ -200,6 +208,10 @@ def probe_video(uri: str) -> VideoInfo:
                 pts = packet.pts if packet.pts is not None else packet.dts
                 if pts is None:
                     raise InputError(uri, "video packets carry no timestamps; remux it into mp4 or mkv first")
+                if len(pts_list) > REORDER_FRAMES:
+                    settled = max(settled, pts_list[-REORDER_FRAMES - 1])
+                    if pts < settled:
+                        raise InputError(uri, _backwards(len(pts_list), settled, pts, time_base))
                 pts_list.append(pts)
                 if packet.is_keyframe:
                     key_pts.add(pts)
@@ -229,6 +241,20 @@ def probe_video(uri: str) -> VideoInfo:
             rotation=int(first.rotation or 0),
             has_audio=has_audio,
         )
+
+
+# A decoder reorders frames within its picture buffer (16 frames at most, H.264/HEVC): a
+# frame that presents before one stored that far ahead of it cannot be B-frame reordering.
+REORDER_FRAMES = 16
+
+
+def _backwards(index: int, before: int, after: int, time_base: Fraction) -> str:
+    """Timestamps that go back (concatenated recordings, a muxer's wrap-around): the frames
+    would come out in another order than they were recorded."""
+    return (
+        f"video timestamps go backwards: frame {index} of the file is at {float(after * time_base):.3f} s, "
+        f"after one at {float(before * time_base):.3f} s; remux it with fresh timestamps first"
+    )
 
 
 def _first_frame(uri: str, container: av.container.InputContainer, stream) -> av.VideoFrame:
