@@ -146,3 +146,15 @@ def test_the_runner_forgets_finished_jobs(pool, tmp_path):
     held = runner.held()
     assert not any(held.values()), held
     assert not runner.cancel("job0", "too late")
+
+
+def test_an_input_gone_before_its_job_starts_fails_the_job(pool, tmp_path, sample_factory):
+    video, _ = sample_factory(SampleSpec(width=320, height=240, frames=16, gop=8, seed=4), name="gone.mp4")
+    copy = tmp_path / "gone.mp4"
+    copy.write_bytes(video.read_bytes())
+    request = build_request([str(copy)], str(tmp_path / "out"), {"chunk_frames": 8}, output_root="")
+    copy.unlink()
+    state = tmp_path / "state"
+    serve(state, pool, request)
+    with JobStore(state, readonly=True) as store:
+        assert store.job(request.job_id).state == "failed"

@@ -199,8 +199,8 @@ class Controller:
                 plan = plan_job(job_spec, slots, workdir=self.state_dir / "work" / unit, ranges=ranges)
             except FacefleetError as exc:
                 self.store.set_input_state(job_id, row.index, "failed", str(exc))
+                # not running: the runner never ends a unit that it gets as an outcome
                 planned.append(JobOutcome(unit, row.input_uri, row.output_uri, error=str(exc)))
-                running.add(unit)
                 continue
             plan.priority = job.priority
             self._forget_earlier_run(unit)
