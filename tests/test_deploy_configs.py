@@ -1,13 +1,15 @@
 """The deployment configs: Ray cluster launcher (ray-cluster.yaml) and KubeRay RayCluster.
 
 Parsed, required keys present, a CPU-only head, an autoscaling GPU worker type that
-declares its GPU, setup that installs facefleet, and token authentication on every Ray
-process.
+declares its GPU, setup that installs facefleet, token authentication on every Ray
+process, and the launcher's ports pinned to the ones docs/security.md tells a firewall.
 """
 
 from __future__ import annotations
 
 import copy
+import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -108,6 +110,48 @@ def test_launcher_dashboard_on_loopback(launcher):
     head_start = " ".join(launcher["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head_start
     assert ANY_ADDRESS not in LAUNCHER.read_text()
+
+
+# Every port `ray start` opens in ray-cluster.yaml, as docs/security.md lists them:
+# option -> port on the head, and on every node (head and GPU workers).
+HEAD_PORTS = {"--port": "6379", "--ray-client-server-port": "10001", "--dashboard-port": "8265"}
+NODE_PORTS = {
+    "--node-manager-port": "6380",
+    "--object-manager-port": "6381",
+    "--runtime-env-agent-port": "6382",
+    "--dashboard-agent-grpc-port": "6383",
+    "--dashboard-agent-listen-port": "52365",
+    "--metrics-export-port": "8090",
+    "--min-worker-port": "10002",
+    "--max-worker-port": "10999",
+}
+SECURITY_DOC = ROOT / "docs" / "security.md"
+
+
+def ray_start_options(commands: list[str]) -> dict[str, str]:
+    [command] = [c for c in commands if "ray start" in c]
+    words = shlex.split(command.split(";")[-1])
+    return dict(w.split("=", 1) for w in words if w.startswith("--") and "=" in w)
+
+
+def test_launcher_pins_every_port_it_opens(launcher):
+    head = ray_start_options(launcher["head_start_ray_commands"])
+    worker = ray_start_options(launcher["worker_start_ray_commands"])
+    assert {k: head.get(k) for k in HEAD_PORTS | NODE_PORTS} == HEAD_PORTS | NODE_PORTS
+    assert {k: worker.get(k) for k in NODE_PORTS} == NODE_PORTS
+    assert worker["--address"] == "$RAY_HEAD_IP:" + HEAD_PORTS["--port"]
+    assert "--worker-port-list" not in head | worker
+    assert head["--dashboard-host"] == "127.0.0.1"
+
+
+def test_security_doc_names_every_pinned_port_and_the_token(launcher):
+    text = SECURITY_DOC.read_text()
+    for option, port in (HEAD_PORTS | NODE_PORTS).items():
+        if option not in ("--min-worker-port", "--max-worker-port"):
+            assert re.search(rf"\b{port}\b", text), f"docs/security.md does not name {option} {port}"
+    lo, hi = NODE_PORTS["--min-worker-port"], NODE_PORTS["--max-worker-port"]
+    assert re.search(rf"{lo}\s*[-–]\s*{hi}", text), "docs/security.md does not name the worker port range"
+    assert "9480" in text and "RAY_AUTH_MODE=token" in text and "--metrics-host" in text
 
 
 # ---------------------------------------------------------------- KubeRay RayCluster

@@ -73,22 +73,39 @@ def read_job_file(path: str) -> dict:
 
 
 def check_output_dir(output: str, root: str | None) -> str:
-    """OUTDIR as given, refused when it climbs out (`..`) or, with an output root
-    configured, is absolute or outside it (then it is taken relative to the root)."""
-    from facefleet.media.storage import is_remote
+    """OUTDIR as an absolute path (or a remote URI), refused when it climbs out (`..`) or,
+    with an output root configured, is absolute, remote, or leads outside the root.
+
+    With a root, OUTDIR is taken relative to it and resolved, symbolic links included: a
+    link inside the root to a directory outside it is refused, not followed out. The
+    resolved path is what the job writes to, so a link changed after submission does not
+    move its outputs. Remote URIs with credentials in them are refused (media.storage).
+    """
+    from facefleet.media.storage import has_credentials, is_remote, parse
 
     if is_remote(output):
+        if has_credentials(output):
+            try:
+                parse(output)  # raises the InputError that shows the URI without them
+            except InputError as exc:
+                raise OutputError(str(exc)) from None
         if root:
             raise OutputError(f"{output}: outputs must go under the output root {root}")
         return output
     parts = PurePosixPath(output.replace(os.sep, "/")).parts
     if ".." in parts:
         raise OutputError(f"{output}: '..' is not allowed in an output path")
-    if root:
-        if os.path.isabs(output):
-            raise OutputError(f"{output}: absolute output paths are not allowed (the output root is {root})")
-        return str(Path(root) / output)
-    return str(Path(output).resolve())
+    if not root:
+        return str(Path(output).resolve())
+    if os.path.isabs(output):
+        raise OutputError(f"{output}: absolute output paths are not allowed (the output root is {root})")
+    base = Path(root).expanduser().resolve()
+    target = (base / output).resolve()
+    if not target.is_relative_to(base):
+        raise OutputError(
+            f"{output}: leads to {target}, outside the output root {root} (through a symbolic link); refused"
+        )
+    return str(target)
 
 
 def build_request(

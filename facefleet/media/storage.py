@@ -11,6 +11,11 @@ AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, because pyarrow's S3FileSystem does not
 The URI helpers are pure; only `filesystem` and the functions that use it touch the network.
 Failures a user can cause become one-line InputError / OutputError messages that name the
 URI, the endpoint and the bucket, never a traceback.
+
+Credentials are taken from the environment only: a URI or endpoint with credentials in it
+(s3://KEY:SECRET@bucket/key, http://user:pass@host) is refused, and the message that says
+so shows it with the credentials replaced by "***", so that a secret typed into a job
+never reaches the job store, a log or a report.
 """
 
 from __future__ import annotations
@@ -87,12 +92,58 @@ def is_remote(uri: str | os.PathLike) -> bool:
     return scheme_of(uri) in REMOTE_SCHEMES
 
 
-def parse(uri: str) -> Location:
-    """Split a remote URI. Object keys may hold any character ('?' and '#' included), so
-    this does not parse it as a URL."""
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@")
+# user:secret@ where the secret may hold '/' (AWS secret keys do); in free text this also
+# hides e.g. "nn:8020/dir/" of hdfs://nn:8020/dir/a@b.mp4: safe rather than exact
+_COLON_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^@\s]*:[^@\s]*@")
+CREDENTIALS_REFUSED = (
+    "credentials in a URI are not accepted (they would be stored with the job); "
+    "give them in the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or ~/.aws instead"
+)
+
+
+def redact(text: str) -> str:
+    """`text` with the user-info part of every URL in it shown as `***`:
+    s3://KEY:SECRET@bucket/k -> s3://***@bucket/k, http://u:p@host -> http://***@host."""
+    return _USERINFO.sub(r"\1***@", _COLON_USERINFO.sub(r"\1***@", text))
+
+
+def has_credentials(uri: str | os.PathLike) -> bool:
+    """Whether a remote URI may carry a secret before its bucket or host.
+
+    s3:// and gs://: a bucket name cannot hold '@' or ':', so either one means user info
+    (an AWS secret key may hold '/', so the "bucket" may end inside the secret). hdfs://:
+    a 'user:password@' (a bare 'user@' names the HDFS user and is kept), or a port that
+    is not a number where an '@' follows.
+    """
+    uri = str(uri)
     scheme = scheme_of(uri)
     if scheme not in REMOTE_SCHEMES:
-        raise InputError(uri, "not an object storage URI (s3://, gs://, hdfs://)")
+        return False
+    rest = uri.partition("://")[2]
+    authority = rest.partition("/")[0]
+    if scheme != "hdfs":
+        return "@" in authority or ":" in authority
+    if "@" in authority:
+        return ":" in authority.rpartition("@")[0]
+    port = authority.partition(":")[2]
+    return bool(port) and not port.isdigit() and "@" in rest
+
+
+def _without_credentials(uri: str) -> str:
+    """A URI refused for its credentials, as messages show it: s3://***@bucket/key."""
+    scheme = scheme_of(uri)
+    return f"{scheme}://***@{uri.rpartition('@')[2]}" if "@" in uri else f"{scheme}://***"
+
+
+def parse(uri: str) -> Location:
+    """Split a remote URI. Object keys may hold any character ('?' and '#' included), so
+    this does not parse it as a URL. A URI with credentials in it is refused."""
+    scheme = scheme_of(uri)
+    if scheme not in REMOTE_SCHEMES:
+        raise InputError(redact(uri), "not an object storage URI (s3://, gs://, hdfs://)")
+    if has_credentials(uri):
+        raise InputError(_without_credentials(uri), CREDENTIALS_REFUSED)
     bucket, _, key = uri.partition("://")[2].partition("/")
     if not bucket:
         raise InputError(uri, "names no bucket; write it as s3://BUCKET/KEY")
@@ -161,6 +212,11 @@ def wanted(path: str, extensions: frozenset[str]) -> bool:
 def parse_endpoint(url: str, name: str = "endpoint") -> dict[str, str]:
     """AWS_ENDPOINT_URL's http://host:port as S3FileSystem options (no scheme: https)."""
     text = url.strip()
+    if "@" in text:  # an endpoint is scheme://host[:port]: '@' can only start a host after credentials
+        raise FacefleetError(
+            f"{name}: credentials in the endpoint URL are not accepted (the URL is not shown: it holds them); "
+            "give them in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        )
     scheme, sep, rest = text.partition("://")
     if not sep:
         scheme, rest = "https", text
