@@ -161,7 +161,8 @@ def run_chunk(
                 raise ChunkStopped(str(task.key))
             spans = StageTimes()
             if task.kind == "simulated":
-                (frames, seconds), faces = _run_simulated(task, progress, slowdown, should_stop, busy, spans), 0
+                run = _run_simulated(task, progress, slowdown, should_stop, busy, spans, worker_id=worker_id)
+                (frames, seconds), faces = run, 0
             elif task.kind == "image":
                 faces, seconds = _run_image(task, processor, spans)
                 frames = 1
@@ -212,6 +213,7 @@ def _run_simulated(
     should_stop: Callable[[], bool],
     busy: Callable[[float, float], None],
     spans: StageTimes | None = None,
+    worker_id: int = 0,
 ) -> tuple[int, dict[str, float]]:
     """A stand-in chunk for scheduling tests, benches and report tests: it sleeps instead
     of working. Nothing is decoded or written; results of such jobs are labelled simulated.
@@ -228,10 +230,19 @@ def _run_simulated(
 
     A chunk whose index is in `task.simulate_failures` fails: on every send, or with
     param `fail_tries` = N on its first N sends only (`task.attempt`).
+
+    Faults (for the reliability tests): param `hang` = I makes chunk I hang after its
+    first batch, like a decoder stuck inside FFmpeg (it sleeps, never reports progress
+    again and ignores being called off), on every send or with `hang_tries` = N on its
+    first N sends only; param `bad_worker` = W makes every chunk sent to worker W fail
+    with a simulated GPU error (a GPU that returns errors).
     """
     params = dict(task.simulate_params)
     if task.index in task.simulate_failures and task.attempt <= params.get("fail_tries", float("inf")):
         raise RuntimeError(f"simulated failure of chunk {task.index}")
+    if "bad_worker" in params and int(params["bad_worker"]) == worker_id:
+        raise RuntimeError(f"CUDA error: an illegal memory access was encountered (simulated GPU fault on worker {worker_id})")
+    hangs = "hang" in params and int(params["hang"]) == task.index and task.attempt <= params.get("hang_tries", float("inf"))
     spans = spans or StageTimes()
     batch = max(1, int(params.get("batch", SIMULATED_BATCH)))
 
@@ -265,6 +276,8 @@ def _run_simulated(
         if post:
             seconds["anonymize"] += post
         progress(done + n)
+        while hangs:  # stuck: no progress, deaf to stop requests, until the worker is killed
+            time.sleep(1.0)
     return task.frames, seconds
 
 

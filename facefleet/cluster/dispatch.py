@@ -9,6 +9,14 @@
   finish last is copied to that worker if the copy is expected to finish sooner; the
   first result wins (chunks are idempotent: both write the same segment) and the other is
   dropped when it comes back.
+- A chunk whose progress (frames done, asked of its worker about twice a second) has not
+  advanced for `stall_timeout_s` is stalled (a decoder stuck inside FFmpeg, a hung GPU
+  call): its worker is killed and restarted by Ray (its other chunks are sent again too)
+  and the chunk is retried like any failed send, with an error saying it stalled.
+- A retried chunk avoids the workers it failed on while others are alive. A worker on
+  which `max_worker_failures` chunks in a row failed by its own errors (not the input's,
+  not a death) is taken out of rotation while another worker is in rotation, and
+  `on_worker_out(worker, reason)` is told.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from dataclasses import dataclass, field
 
 import ray
 
+from facefleet.cluster.chunk import ChunkStopped
 from facefleet.cluster.monitor import GpuMonitor
 from facefleet.cluster.pool import WorkerPool
 from facefleet.cluster.scheduler import Scheduler
@@ -27,6 +36,11 @@ from facefleet.jobs.spec import ChunkResult, ChunkTask
 
 MAX_ATTEMPTS = 3
 DIED = "worker died"
+# A chunk reports progress after each batch (a few frames, well under a second on a GPU,
+# seconds on a CPU); 300 s without one also covers a worker building a new pipeline's
+# models on its first chunk. Generous on purpose: a false stall costs a worker restart.
+STALL_TIMEOUT_S = 300.0
+MAX_WORKER_FAILURES = 3  # chunks in a row failing on one worker: it is taken out of rotation
 
 
 def chunk_name(task: ChunkTask) -> str:
@@ -53,6 +67,9 @@ class _Flight:
     task: ChunkTask
     sent: float
     copy: bool = False  # a duplicate of a chunk already running elsewhere
+    advanced: float = 0.0  # when its progress last advanced (monotonic; the send counts)
+    frames_seen: int = 0  # frames done its worker last reported
+    stalled: str = ""  # why it was given up for stalled ("" while it is not)
 
 
 @dataclass
@@ -61,6 +78,8 @@ class DispatchStats:
     duplicates: int = 0
     duplicate_wins: int = 0
     retries: int = 0
+    stalls: int = 0  # sends given up because their progress stopped (their worker restarted)
+    out_of_rotation: dict[int, str] = field(default_factory=dict)  # worker -> why it got nothing new
     controller_seconds: float = 0.0  # time spent deciding and bookkeeping (not waiting)
     per_worker_frames: dict[int, int] = field(default_factory=dict)
 
@@ -73,8 +92,14 @@ class Dispatcher:
         duplicate_tail: bool = True,
         idle_retire_s: float | None = None,
         monitor: GpuMonitor | None = None,
+        stall_timeout_s: float | None = STALL_TIMEOUT_S,
+        max_worker_failures: int = MAX_WORKER_FAILURES,
+        on_worker_out=None,
     ):
         self.pool = pool
+        self.stall_timeout_s = stall_timeout_s  # None: never give a chunk up for stalled
+        self.max_worker_failures = max_worker_failures
+        self.on_worker_out = on_worker_out or (lambda worker, reason: None)
         self.monitor = monitor  # GPU health from the NVML reporters (None: not steered by load)
         self.first_sent: float | None = None
         self.frames_done = 0
@@ -89,6 +114,10 @@ class Dispatcher:
         self.finished: set[tuple[str, int]] = set()
         self.progress_now: dict[tuple[str, int], int] = {}
         self.pings: dict[int, ray.ObjectRef] = {}  # workers whose actor died: are they back?
+        self.progress_calls: dict[int, ray.ObjectRef] = {}  # worker -> its progress() call not answered yet
+        self.worker_progress: dict[int, dict[tuple[str, int], int]] = {}  # worker -> its last answer
+        self.failed_on: dict[tuple[str, int], set[int]] = {}  # chunk key -> workers it failed on
+        self.stalled: dict[tuple[tuple[str, int], int], str] = {}  # (chunk key, worker) -> stall error, until told
         self.stats = DispatchStats()
 
     # ---- what the caller does ----------------------------------------------------
@@ -140,8 +169,63 @@ class Dispatcher:
         return events
 
     def refresh_progress(self) -> dict[tuple[str, int], int]:
-        self.progress_now = self.pool.progress()
+        """Frames done of every chunk being processed, by the workers' latest answers
+        (asked without waiting: an answer is at most one call old), then give up chunks
+        that stalled."""
+        calls = {ref: worker for worker, ref in self.progress_calls.items()}
+        if calls:
+            ready, _ = ray.wait(list(calls), num_returns=len(calls), timeout=0, fetch_local=True)
+            for ref in ready:
+                worker = calls[ref]
+                del self.progress_calls[worker]
+                try:
+                    self.worker_progress[worker] = ray.get(ref)
+                except ray.exceptions.RayError:
+                    self.worker_progress.pop(worker, None)  # died or restarting: its chunks come back failed
+        for worker in [w for w in self.worker_progress if w not in self.pool.actors]:
+            del self.worker_progress[worker]
+        for worker in [w for w in self.progress_calls if w not in self.pool.actors]:
+            del self.progress_calls[worker]
+        for worker, actor in self.pool.actors.items():
+            if worker not in self.progress_calls:
+                self.progress_calls[worker] = actor.progress.remote()
+        self.progress_now = {}
+        for current in self.worker_progress.values():
+            for key, frames in current.items():
+                self.progress_now[key] = max(frames, self.progress_now.get(key, 0))
+        self._check_stalls(time.monotonic())
         return self.progress_now
+
+    def _check_stalls(self, now: float) -> None:
+        if self.stall_timeout_s is None:
+            return
+        for flight in list(self.flights.values()):
+            if flight.stalled:
+                continue
+            if self.scheduler.loads.get(flight.worker) is None or self.scheduler.loads[flight.worker].unhealthy == DIED:
+                flight.advanced = now  # its worker is restarting: that time is not the chunk's
+                continue
+            done = self.worker_progress.get(flight.worker, {}).get(flight.task.key, 0)
+            if done > flight.frames_seen:
+                flight.frames_seen, flight.advanced = done, now
+            elif now - flight.advanced > self.stall_timeout_s:
+                self._give_up_stalled(flight, now)
+
+    def _give_up_stalled(self, flight: _Flight, now: float) -> None:
+        """Restart the worker of a stalled chunk: its calls in flight come back as failed
+        (the actor died), and the chunk is retried with the stall as its error."""
+        worker = flight.worker
+        flight.stalled = (
+            f"stalled: no progress for {now - flight.advanced:.0f} s (at frame {flight.frames_seen} of "
+            f"{flight.task.frames}) on worker {worker}, which was restarted"
+        )
+        self.stalled[(flight.task.key, worker)] = flight.stalled
+        self.stats.stalls += 1
+        actor = self.pool.actors.get(worker)
+        if actor is not None:
+            ray.kill(actor, no_restart=False)
+        self.scheduler.set_health(worker, DIED)  # nothing new for it until it answers again
+        self.worker_progress.pop(worker, None)
 
     def rebalance(self) -> None:
         """Give GPUs that joined the cluster workers; take back workers that restarted, drop
@@ -203,7 +287,8 @@ class Dispatcher:
     def _submit(self, worker: int, task: ChunkTask, copy: bool = False) -> None:
         self.first_sent = self.first_sent or time.monotonic()
         ref = self.pool.submit(worker, task)
-        self.flights[ref] = _Flight(worker, task, time.monotonic(), copy)
+        now = time.monotonic()
+        self.flights[ref] = _Flight(worker, task, now, copy, advanced=now)
         self.idle_since.pop(worker, None)
         self.scheduler.sent(worker, (task.key, copy), task.frames)
         self.stats.dispatched += 1
@@ -211,7 +296,10 @@ class Dispatcher:
     def _send(self) -> None:
         while self.pending:
             task = self.pending[0]
-            worker = self.scheduler.pick(task.frames)
+            avoid = frozenset(self.failed_on.get(task.key, ()))
+            if avoid and not set(self.scheduler.alive) - avoid:
+                avoid = frozenset()  # it failed on every live worker: any of them
+            worker = self.scheduler.pick(task.frames, exclude=avoid)
             if worker is None:
                 return
             self.pending.popleft()
@@ -250,16 +338,25 @@ class Dispatcher:
         except Exception as exc:  # worker died, or a bug: try again elsewhere
             self.scheduler.failed(flight.worker, (key, flight.copy))
             cause = getattr(exc, "cause", None) or exc  # a RayTaskError carries the worker's exception
-            if isinstance(exc, ray.exceptions.RayActorError):
+            if flight.stalled:
+                reason = flight.stalled
+                self._worker_failed(flight.worker, reason)
+            elif isinstance(exc, ray.exceptions.RayActorError):
                 reason = "its worker died"
                 self.scheduler.set_health(flight.worker, DIED)  # nothing new for it until it answers again
+            elif isinstance(cause, ChunkStopped):
+                reason = "called off"
             else:
                 reason = one_line(cause)
+                self._worker_failed(flight.worker, reason)
+            self.failed_on.setdefault(key, set()).add(flight.worker)
             return self._fail(task, reason, final=False)
+        self.scheduler.count_failure(flight.worker, False)
         self.scheduler.finished(flight.worker, (key, flight.copy), result.frames, result.seconds.get("total", 0.0))
         if key in self.finished:
             return None  # the other copy won, or the job was dropped
         self.finished.add(key)
+        self.failed_on.pop(key, None)
         for other in self.flights.values():
             if other.task.key == key:
                 self.pool.stop(other.worker, key)  # the losing copy stops between batches
@@ -268,6 +365,26 @@ class Dispatcher:
         if flight.copy:
             self.stats.duplicate_wins += 1
         return ChunkDone(task, result)
+
+    def _worker_failed(self, worker: int, reason: str) -> None:
+        """A chunk failed by its worker's fault: after `max_worker_failures` in a row the
+        worker is taken out of rotation (unless it is the last one in rotation)."""
+        failures = self.scheduler.count_failure(worker, True)
+        if failures < self.max_worker_failures:
+            return
+        why = f"{failures} chunks in a row failed on it; last: {reason}"
+        if self.scheduler.take_out(worker, why):
+            self.stats.out_of_rotation[worker] = why
+            self.on_worker_out(worker, why)
+
+    def forget(self, job_id: str) -> None:
+        """Drop what is kept of an ended job's chunks (once none of them is out)."""
+        self.finished.difference_update([key for key in self.finished if key[0] == job_id])
+        for table in (self.attempts, self.failed_on):
+            for key in [key for key in table if key[0] == job_id]:
+                del table[key]
+        for key in [key for key in self.stalled if key[0][0] == job_id]:
+            del self.stalled[key]
 
     def _fail(self, task: ChunkTask, reason: str, final: bool) -> ChunkFailed | None:
         key = task.key
@@ -282,6 +399,7 @@ class Dispatcher:
             self.pending.appendleft(task)
             return None
         self.finished.add(key)
+        self.failed_on.pop(key, None)
         if final:
             return ChunkFailed(task, reason)
         return ChunkFailed(task, f"{chunk_name(task)} failed {attempts} times; last: {reason}")

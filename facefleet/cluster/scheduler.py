@@ -18,6 +18,8 @@ class WorkerLoad:
     busy_seconds: float = 0.0
     alive: bool = True
     unhealthy: str = ""  # why new work skips this worker (memory near full, throttling, errors)
+    failures: int = 0  # chunks in a row that failed on this worker (its own errors; reset by a success)
+    out_of_rotation: str = ""  # why this worker gets nothing new for good (kept failing); "" in rotation
 
     @property
     def fps(self) -> float:
@@ -41,12 +43,15 @@ class Scheduler:
         """The worker to send a chunk of `frames` frames to, or None if all are full.
 
         Unhealthy workers get nothing new, unless every live worker is unhealthy (then the
-        work goes on rather than stalling).
+        work goes on rather than stalling). Workers out of rotation get nothing new while
+        any other live worker is in rotation.
         """
         best, best_finish = None, float("inf")
-        alive = [w for w, l in self.loads.items() if l.alive and w not in exclude]
+        live = [w for w, l in self.loads.items() if l.alive]
+        live = [w for w in live if not self.loads[w].out_of_rotation] or live
+        any_healthy = any(not self.loads[w].unhealthy for w in live)
+        alive = [w for w in live if w not in exclude]
         healthy = [w for w in alive if not self.loads[w].unhealthy]
-        any_healthy = any(l.alive and not l.unhealthy for l in self.loads.values())
         for worker in healthy if any_healthy else alive:
             load = self.loads[worker]
             if len(load.in_flight) >= self.max_in_flight:
@@ -68,6 +73,25 @@ class Scheduler:
     def failed(self, worker: int, key: tuple[str, int]) -> None:
         self.loads[worker].in_flight.pop(key, None)
 
+    def count_failure(self, worker: int, failed: bool) -> int:
+        """A chunk on `worker` failed by the worker's fault (True) or succeeded (False);
+        returns its failures in a row."""
+        load = self.loads.get(worker)
+        if load is None:
+            return 0
+        load.failures = load.failures + 1 if failed else 0
+        return load.failures
+
+    def take_out(self, worker: int, reason: str) -> bool:
+        """Take a worker out of rotation (nothing new for it while another live worker is
+        in rotation); False when it was out already or is the last one in rotation."""
+        load = self.loads.get(worker)
+        others = [w for w, l in self.loads.items() if w != worker and l.alive and not l.out_of_rotation]
+        if load is None or load.out_of_rotation or not others:
+            return False
+        load.out_of_rotation = reason
+        return True
+
     def remove(self, worker: int) -> None:
         self.loads[worker].alive = False
         self.loads[worker].in_flight.clear()
@@ -85,7 +109,10 @@ class Scheduler:
 
     def idle_slots(self) -> list[int]:
         """Workers with room for another chunk, emptiest first."""
-        free = [w for w, l in self.loads.items() if l.alive and not l.unhealthy and len(l.in_flight) < self.max_in_flight]
+        free = [
+            w for w, l in self.loads.items()
+            if l.alive and not l.unhealthy and not l.out_of_rotation and len(l.in_flight) < self.max_in_flight
+        ]
         return sorted(free, key=lambda w: len(self.loads[w].in_flight))
 
     @property

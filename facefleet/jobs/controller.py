@@ -61,7 +61,10 @@ class ControllerLock:
 
 
 class Controller:
-    def __init__(self, state_dir: Path, pool, monitor=None, reporters=None, metrics=None, price_per_gpu_hour=None, log=print):
+    def __init__(
+        self, state_dir: Path, pool, monitor=None, reporters=None, metrics=None, price_per_gpu_hour=None, log=print,
+        stall_timeout_s: float | None | str = "default",
+    ):
         self.state_dir = Path(state_dir)
         self.store = JobStore(self.state_dir)
         self.inbox = Inbox(self.state_dir)
@@ -80,6 +83,8 @@ class Controller:
             feed=max(1, pool.plan.workers * pool.plan.chunks_per_worker),
             replan=False,
             keep_outcomes=False,  # the store has them: a long-running serve must not grow
+            stall_timeout_s=stall_timeout_s,  # "default": JobRunner's (300 s, or FACEFLEET_STALL_TIMEOUT_S)
+            on_worker_out=self._worker_out,
         )
         self.units: dict[str, set[str]] = {}  # job id -> its units still running
         # ended units whose called-off chunks were still running: their work dir goes once they return
@@ -276,6 +281,16 @@ class Controller:
         except StoreError as exc:
             self.log(f"warning: failure of chunk {task.index} of {plan.spec.job_id} not recorded: {one_line(exc)}")
 
+    def _worker_out(self, worker: int, line: str) -> None:
+        """A worker was taken out of rotation: a line in the log and an event in every job
+        running now (the job's report lists it too)."""
+        self.log(f"warning: {line}")
+        for job_id in list(self.units):
+            try:
+                self.store.event(job_id, "worker-out", line)
+            except StoreError as exc:
+                self.log(f"warning: event of job {job_id} not recorded: {one_line(exc)}")
+
     def _chunk_done(self, plan: PlannedJob, task, result: ChunkResult) -> None:
         job_id, index = split_unit(plan.spec.job_id)
         info = self._worker_info(result.worker_id)
@@ -351,6 +366,11 @@ class Controller:
             summary = {
                 "job_id": job.job_id, "name": job.name, "state": job.state, "created": job.created,
                 "started": job.started, "finished": job.finished, "inputs": [r.input_uri for r in self.store.inputs(job_id)],
+                # workers taken out of rotation while the job ran (their chunks kept failing)
+                "workers_out_of_rotation": [
+                    out for out in self.runner.workers_out
+                    if (job.started or job.created) <= out["time"] <= (job.finished or time.time())
+                ],
             }
             self._keep_samples()
             samples = self._samples_between((job.started or job.created) - 5, (job.finished or time.time()) + 5)

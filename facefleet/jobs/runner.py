@@ -7,7 +7,9 @@ fails alone: the other jobs go on.
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 import time
 from collections import deque
 from fractions import Fraction
@@ -29,6 +31,33 @@ from facefleet.report.faces import merge_face_tables
 
 POLL_S = 0.25
 WORKDIR_PREFIX = ".facefleet-"
+STALL_TIMEOUT_ENV = "FACEFLEET_STALL_TIMEOUT_S"  # default stall timeout of runners in this process (seconds; 0: none)
+
+
+def default_stall_timeout() -> float | None:
+    """Seconds without progress after which a chunk is given up as stalled: the
+    environment's FACEFLEET_STALL_TIMEOUT_S (0 or less: never), else
+    cluster.dispatch.STALL_TIMEOUT_S."""
+    from facefleet.cluster.dispatch import STALL_TIMEOUT_S
+
+    value = os.environ.get(STALL_TIMEOUT_ENV, "").strip()
+    if not value:
+        return STALL_TIMEOUT_S
+    seconds = float(value)
+    return seconds if seconds > 0 else None
+
+
+def worker_name(pool, worker: int) -> str:
+    """'worker 1 (node n1, GPU GPU-abc)', as far as the pool knows it."""
+    info = getattr(pool, "infos", {}).get(worker)
+    if info is None:
+        return f"worker {worker}"
+    gpu = f", GPU {info.gpu_uuid}" if info.gpu_uuid else ""
+    return f"worker {worker} (node {info.node}{gpu})"
+
+
+def _print_worker_out(line: str) -> None:
+    print(f"warning: {line}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -389,6 +418,12 @@ class JobRunner:
       when it was called off (another copy finished first, or its job was stopped);
     - `on_chunk(job, task, result)`: a chunk is done (its first result);
     - `on_end(job, outcome)`: the job ended, before its work directory goes.
+    And `on_worker_out(worker, line)`: a worker was taken out of rotation (its chunks kept
+    failing); `line` names it and says why (default: printed to stderr as a warning).
+
+    `stall_timeout_s`: a chunk whose progress has not advanced for that long is given up
+    as stalled, its worker restarted, and the chunk retried (None: never; default:
+    `default_stall_timeout()`, 300 s unless FACEFLEET_STALL_TIMEOUT_S says otherwise).
     Once a job ended and its hooks ran, the runner forgets it: its chunks, results and the
     dispatcher's bookkeeping go (the last only once no copy of its chunks is out). Its
     outcome stays in `outcomes` only with `keep_outcomes` (run_planned reads them there).
@@ -409,6 +444,8 @@ class JobRunner:
         on_dispatch=None,
         on_failure=None,
         keep_outcomes: bool = True,
+        stall_timeout_s: float | None | str = "default",
+        on_worker_out=None,
     ):
         from facefleet.cluster.dispatch import Dispatcher
 
@@ -425,7 +462,14 @@ class JobRunner:
         self.keep_outcomes = keep_outcomes
         self._returns: list[tuple[ChunkTask, int, BaseException | None]] = []  # sends back in this step
         self.watched = _WatchedPool(pool, self._sent, lambda task, worker, exc: self._returns.append((task, worker, exc)))
-        self.dispatcher = Dispatcher(self.watched, duplicate_tail=duplicate_tail, monitor=monitor, idle_retire_s=idle_retire_s)
+        self.on_worker_out = on_worker_out or (lambda worker, line: _print_worker_out(line))
+        self.workers_out: list[dict] = []  # workers taken out of rotation: worker, node, gpu_uuid, reason, time
+        if stall_timeout_s == "default":
+            stall_timeout_s = default_stall_timeout()
+        self.dispatcher = Dispatcher(
+            self.watched, duplicate_tail=duplicate_tail, monitor=monitor, idle_retire_s=idle_retire_s,
+            stall_timeout_s=stall_timeout_s, on_worker_out=self._worker_out,
+        )
         self.outcomes: dict[str, JobOutcome] = {}
         self.jobs: dict[str, PlannedJob] = {}  # jobs not ended
         self.waiting: dict[str, deque[ChunkTask]] = {}  # chunks not yet given to the dispatcher (with feed)
@@ -434,6 +478,7 @@ class JobRunner:
         self.ended: dict[str, PlannedJob] = {}
         self._turn = 0
         self._last_poll = 0.0
+        self._no_worker_since: float | None = None
 
     @property
     def slots(self) -> int:
@@ -482,6 +527,14 @@ class JobRunner:
         self.dispatcher.drop_job(job_id)
         return True
 
+    def _worker_out(self, worker: int, reason: str) -> None:
+        info = getattr(self.pool, "infos", {}).get(worker)
+        self.workers_out.append({
+            "worker": worker, "node": info.node if info else None, "gpu_uuid": info.gpu_uuid if info else None,
+            "reason": reason, "time": time.time(),
+        })
+        self.on_worker_out(worker, f"{worker_name(self.pool, worker)} taken out of rotation: {reason}")
+
     def _sent(self, task: ChunkTask, worker: int, attempt: int) -> None:
         job = self.jobs.get(task.job_id)
         if job is not None:
@@ -504,7 +557,8 @@ class JobRunner:
                 why = "called off: " + ("its job ended" if ended else "another copy finished first")
                 self.on_failure(job, task, worker, why, False, True)
             else:
-                self.on_failure(job, task, worker, attempt_error(exc), task.key in final, False)
+                error = self.dispatcher.stalled.pop((task.key, worker), None) or attempt_error(exc)
+                self.on_failure(job, task, worker, error, task.key in final, False)
 
     def step(self) -> None:
         from facefleet.cluster.dispatch import ChunkDone
@@ -524,6 +578,7 @@ class JobRunner:
                 job.error = job.error or event.error
                 self.waiting.pop(job.spec.job_id, None)
                 self.dispatcher.drop_job(job.spec.job_id)
+        self._check_workers_left()
         for job in list(self.jobs.values()):
             if job.done or (job.error is not None and self.dispatcher.in_flight(job.spec.job_id) == 0):
                 self._end(job)
@@ -539,6 +594,23 @@ class JobRunner:
                 job.error = job.error or "not finished: no worker could run its chunks"
                 self._end(job)
         self._forget_ended()
+
+    def _check_workers_left(self) -> None:
+        """With no live worker left (all died past their restarts, or retired), the jobs
+        fail instead of waiting for ever; an elastic pool (GPUs may join) waits up to the
+        stall timeout first."""
+        if self.dispatcher.scheduler.alive or not self.jobs:
+            self._no_worker_since = None
+            return
+        now = time.monotonic()
+        self._no_worker_since = self._no_worker_since or now
+        elastic = getattr(getattr(self.pool, "plan", None), "elastic", False)
+        if elastic and now - self._no_worker_since < (self.dispatcher.stall_timeout_s or 300.0):
+            return
+        for job_id, job in self.jobs.items():
+            job.error = job.error or "not finished: no worker is left to run its chunks (they died and could not restart)"
+            self.waiting.pop(job_id, None)
+            self.dispatcher.drop_job(job_id)
 
     def _top_up(self) -> None:
         """With `feed`: give the dispatcher chunks up to `feed` waiting, by priority, then
@@ -590,9 +662,7 @@ class JobRunner:
                 continue  # added again meanwhile: its bookkeeping and work dir are the new run's
             if not job.simulated:
                 shutil.rmtree(job.workdir, ignore_errors=True)
-            self.dispatcher.finished.difference_update([key for key in self.dispatcher.finished if key[0] == job_id])
-            for key in [key for key in self.dispatcher.attempts if key[0] == job_id]:
-                del self.dispatcher.attempts[key]
+            self.dispatcher.forget(job_id)
             self.watched.forget(job_id)
 
     def held(self) -> dict[str, int]:
@@ -604,6 +674,8 @@ class JobRunner:
             "ended": len(self.ended),
             "finished_keys": len(self.dispatcher.finished),
             "attempt_keys": len(self.dispatcher.attempts),
+            "failed_on_keys": len(self.dispatcher.failed_on),
+            "stall_keys": len(self.dispatcher.stalled),
             "sends": len(self.watched.sends),
             "sent": len(self.watched.sent),
             "flights": len(self.dispatcher.flights),

@@ -1,7 +1,16 @@
-"""Output files appear only when complete: write to a hidden temporary name, then rename."""
+"""Output files appear only when complete: write to a hidden temporary name, then rename.
+
+A full disk while a file is written is an `OutputError` that names the file, and the
+temporary file goes. For the reliability tests, FACEFLEET_FAULT_ENOSPC (read at each
+call, so Ray workers started with it set see it too) injects that fault: a comma-separated
+list of fnmatch patterns; a file whose full path matches one fails with ENOSPC once its
+content is written, before it is moved into place.
+"""
 
 from __future__ import annotations
 
+import errno
+import fnmatch
 import hashlib
 import os
 import secrets
@@ -12,6 +21,7 @@ from pathlib import Path
 from facefleet.errors import OutputError
 
 TMP_MARK = ".facefleet-tmp-"
+FAULT_ENOSPC_ENV = "FACEFLEET_FAULT_ENOSPC"  # test-only fault injection (see the module's doc)
 MAX_STEM_BYTES = 180  # keeps the temporary name under the usual 255-byte limit
 
 
@@ -38,16 +48,30 @@ def _replace(tmp: Path, path: Path) -> None:
         raise OutputError(f"{path}: cannot move the finished output into place ({exc.strerror or exc})") from None
 
 
+def _injected_disk_full(path: Path, tmp: Path) -> None:
+    patterns = [p.strip() for p in os.environ.get(FAULT_ENOSPC_ENV, "").split(",") if p.strip()]
+    if any(fnmatch.fnmatchcase(str(path), pattern) for pattern in patterns):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC) + " (injected)", str(tmp))
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 @contextmanager
 def atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a temporary path; on success move it to `path`, on error remove it."""
+    """Yield a temporary path; on success move it to `path`, on error remove it. A full
+    disk becomes an OutputError naming `path`."""
     _make_parent(path)
     tmp = temporary_sibling(path)
     try:
         yield tmp
+        _injected_disk_full(path, tmp)
         _replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if _is_disk_full(exc):
+            raise OutputError(f"{path}: the disk is full ({exc.strerror or exc}); free some space and run it again") from None
         raise
 
 

@@ -430,6 +430,8 @@ def summarize(
         "stages_ms_per_frame": {c: 1000 * v / frames if frames else None for c, v in stages.items()},
         "gpus": gpus,
         "workers": worker_stats(rows),
+        # workers taken out of rotation while the job ran (worker, node, gpu_uuid, reason, time)
+        "workers_out_of_rotation": list(job.get("workers_out_of_rotation") or []),
     }
 
 
