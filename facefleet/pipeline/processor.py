@@ -87,7 +87,8 @@ class Processor:
         self._make_stages = make_stages
         self.sessions = sessions or {"detect": detector.model}
         on_gpu = detector.model.provider == CUDA
-        self.batch_size = spec.batch_size or (GPU_BATCH if on_gpu else CPU_BATCH)
+        self.configured_batch = spec.batch_size or (GPU_BATCH if on_gpu else CPU_BATCH)
+        self.batch_size = self.configured_batch
 
     @property
     def batch_size(self) -> int:
@@ -98,6 +99,11 @@ class Processor:
     def batch_size(self, value: int) -> None:
         self._batch_size = value
         self.detector.max_batch = value  # also the shape every GPU call keeps (short batches padded)
+
+    def fit_to_memory(self, used: int, total: int) -> int:
+        """Set the batch size for the next chunk from its GPU's memory use (bytes) and return it."""
+        self.batch_size = batch_for_headroom(self.batch_size, self.configured_batch, used, total)
+        return self.batch_size
 
     @property
     def providers(self) -> dict[str, str]:
@@ -118,6 +124,29 @@ class Processor:
         run = self.run()
         run.process([FrameItem(0, 0, np.zeros((360, 640, 3), np.uint8))])
         run.flush()
+
+
+LOW_HEADROOM = 0.10  # free share of GPU memory below which the batch is halved
+HIGH_HEADROOM = 0.30  # free share above which a halved batch grows back
+
+
+def batch_for_headroom(current: int, configured: int, used: int, total: int) -> int:
+    """The batch size (items per model call) for the next chunk, from the GPU's memory use.
+
+    Below LOW_HEADROOM free the batch is halved before an allocation fails; above
+    HIGH_HEADROOM a batch that was halved (here or after an out-of-memory error) doubles
+    back, never past the configured size. In between, or without a memory reading
+    (total <= 0), it stays: every change costs one re-plan of the GPU's convolutions
+    (ModelSession.pads_batches), so it moves by halving and doubling only, between chunks.
+    """
+    if total <= 0:
+        return current
+    free = max(0.0, (total - used) / total)
+    if free < LOW_HEADROOM:
+        return max(1, current // 2)
+    if free > HIGH_HEADROOM and current < configured:
+        return min(configured, current * 2)
+    return current
 
 
 def pipeline_context(spec: PipelineSpec) -> int:

@@ -1,0 +1,46 @@
+"""Batch size from GPU memory headroom: halved when memory runs short, back up when it frees."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from facefleet.models.session import CUDA
+from facefleet.pipeline.processor import HIGH_HEADROOM, LOW_HEADROOM, Processor, batch_for_headroom
+from facefleet.pipeline.spec import PipelineSpec
+
+GIB = 1 << 30
+
+
+@pytest.mark.parametrize(
+    "current, configured, used_gib, expected",
+    [
+        (16, 16, 75, 8),  # 5 % free: halve before an allocation fails
+        (8, 16, 75, 4),
+        (1, 16, 79.5, 1),  # never below one
+        (16, 16, 40, 16),  # plenty free, already at the configured size
+        (4, 16, 40, 8),  # plenty free after a halving: double back
+        (8, 16, 20, 16),
+        (16, 32, 20, 32),
+        (12, 16, 10, 16),  # never past the configured size
+        (8, 16, 60, 8),  # 25 % free: between the thresholds, keep
+    ],
+)
+def test_batch_for_headroom(current, configured, used_gib, expected):
+    assert batch_for_headroom(current, configured, int(used_gib * GIB), 80 * GIB) == expected
+
+
+def test_thresholds_are_ordered_and_no_reading_keeps_the_batch():
+    assert 0 < LOW_HEADROOM < HIGH_HEADROOM < 1
+    assert batch_for_headroom(8, 16, 0, 0) == 8
+
+
+def test_processor_fits_its_batch_to_memory_and_keeps_the_detector_in_step():
+    detector = SimpleNamespace(model=SimpleNamespace(provider=CUDA), max_batch=None)
+    processor = Processor(PipelineSpec(), detector, make_stages=lambda chunk: [])
+    assert processor.batch_size == processor.configured_batch == 16
+    assert processor.fit_to_memory(used=76 * GIB, total=80 * GIB) == 8
+    assert detector.max_batch == 8  # the detector's calls keep the new shape
+    assert processor.fit_to_memory(used=76 * GIB, total=80 * GIB) == 4
+    assert processor.fit_to_memory(used=10 * GIB, total=80 * GIB) == 8
+    assert processor.fit_to_memory(used=10 * GIB, total=80 * GIB) == 16
+    assert processor.fit_to_memory(used=10 * GIB, total=80 * GIB) == 16
