@@ -246,7 +246,6 @@ def test_a_served_s3_job_keeps_its_credentials_out_of_the_state_dir_and_output(m
 # ---- the state dir ------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(reason="jobs/store.py and jobs/controller.py create the state dir with the umask's mode (issue 8)", strict=False)
 def test_state_dir_and_its_files_are_private(tmp_path):
     from facefleet.jobs.store import Inbox, JobStore
 

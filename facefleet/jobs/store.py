@@ -342,7 +342,9 @@ class JobStore:
 
     def _open_writer(self) -> sqlite3.Connection:
         with self._translated():
-            self.state_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(self.state_dir)
+            # SQLite gives its -wal and -shm files the database file's mode
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         self._db = self._connect(self.path)
         try:
             with self._translated():
@@ -857,9 +859,19 @@ class JobStore:
 
 # --- the inbox -----------------------------------------------------------------------------
 
+def private_dir(path: Path) -> None:
+    """Create a directory only its owner can enter (0700); tighten one this user owns.
+
+    The state dir holds job specs, logs and reports of other people's videos."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.stat()
+    if info.st_uid == os.getuid() and info.st_mode & 0o077:
+        os.chmod(path, 0o700)
+
+
 def _write_synced(path: Path, data: bytes) -> None:
     """Write a new file and fsync it (fails if PATH exists)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         view = memoryview(data)
         while view:
@@ -909,7 +921,8 @@ class Inbox:
         body = _to_json(request, "the request")
         tmp = self.dir / f".{request_id}.tmp"
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            private_dir(self.state_dir)
+            private_dir(self.dir)
             _write_synced(tmp, body.encode("utf-8"))
             os.replace(tmp, self.dir / f"{request_id}.json")
         except OSError as exc:
