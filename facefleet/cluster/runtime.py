@@ -100,6 +100,9 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
         else:
             loopback_environment()
             ray.init(
+                # "local": always a new cluster; with no address Ray joins a cluster that
+                # `ray start` left running on this machine (and refuses num_cpus for it)
+                address="local",
                 num_cpus=num_cpus,
                 num_gpus=num_gpus,
                 include_dashboard=False,
