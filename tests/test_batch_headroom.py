@@ -44,3 +44,36 @@ def test_processor_fits_its_batch_to_memory_and_keeps_the_detector_in_step():
     assert processor.fit_to_memory(used=10 * GIB, total=80 * GIB) == 8
     assert processor.fit_to_memory(used=10 * GIB, total=80 * GIB) == 16
     assert processor.fit_to_memory(used=10 * GIB, total=80 * GIB) == 16
+
+
+class FakeNvml:
+    """pynvml's calls that gpu_memory makes, for one GPU."""
+
+    def __init__(self, used: int, total: int, fail: bool = False):
+        self.used, self.total, self.fail, self.open = used, total, fail, 0
+
+    def nvmlInit(self):
+        if self.fail:
+            raise RuntimeError("NVML Shared Library Not Found")
+        self.open += 1
+
+    def nvmlShutdown(self):
+        self.open -= 1
+
+    def nvmlDeviceGetHandleByUUID(self, uuid):
+        if uuid != "GPU-1":
+            raise KeyError(uuid)
+        return object()
+
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        return SimpleNamespace(used=self.used, total=self.total, free=self.total - self.used)
+
+
+def test_gpu_memory_reads_nvml_by_uuid_and_says_none_when_it_cannot():
+    from facefleet.cluster.nvml import gpu_memory
+
+    nvml = FakeNvml(used=70 * GIB, total=80 * GIB)
+    assert gpu_memory("GPU-1", nvml) == (70 * GIB, 80 * GIB)
+    assert nvml.open == 0  # shut down again
+    assert gpu_memory("GPU-2", nvml) is None and nvml.open == 0
+    assert gpu_memory("GPU-1", FakeNvml(0, 0, fail=True)) is None

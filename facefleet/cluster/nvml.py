@@ -115,6 +115,24 @@ class NvmlUnavailable(ClusterError):
     """NVML cannot be used here: no driver, no library, or no device."""
 
 
+def gpu_memory(uuid: str, nvml: Any = None) -> tuple[int, int] | None:
+    """(used, total) bytes of the GPU with this UUID, from NVML; None when NVML cannot say.
+
+    For a worker sizing its next batch (Processor.fit_to_memory); `nvml` is the pynvml
+    module (tests pass a stand-in)."""
+    try:
+        if nvml is None:
+            import pynvml as nvml
+        nvml.nvmlInit()
+        try:
+            memory = nvml.nvmlDeviceGetMemoryInfo(nvml.nvmlDeviceGetHandleByUUID(uuid))
+            return int(memory.used), int(memory.total)
+        finally:
+            nvml.nvmlShutdown()
+    except Exception:
+        return None
+
+
 class RealNvml:
     """The GPUs as NVML reports them. Every metric read is guarded: a metric a device
     does not support (or that fails) becomes None, and one that answered NotSupported

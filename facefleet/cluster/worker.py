@@ -19,9 +19,11 @@ import cv2
 import ray
 
 from facefleet.cluster.chunk import run_chunk
+from facefleet.cluster.nvml import gpu_memory
 from facefleet.cluster.reporter import REPORTER_PREFIX, worker_gpu_uuid
 from facefleet.jobs.spec import ChunkResult, ChunkTask, WorkerInfo
 from facefleet.media.image import read_image
+from facefleet.models.session import CUDA
 from facefleet.pipeline.processor import Processor, build_processor
 from facefleet.pipeline.spec import PipelineSpec
 
@@ -123,6 +125,7 @@ class GpuWorker:
 
     def process(self, task: ChunkTask) -> ChunkResult:
         processor = self._processor(task.pipeline)
+        self._fit_batch(processor)
 
         def progress(frames: int) -> None:
             self._current[task.key] = frames
@@ -141,6 +144,15 @@ class GpuWorker:
         finally:
             self._current.pop(task.key, None)
             self._stop.discard(task.key)
+
+    def _fit_batch(self, processor: Processor) -> None:
+        """Size the next chunk's batches to the GPU memory left (real GPUs only: a simulated
+        GPU has no memory to run short of)."""
+        if self.gpu_backend != "real" or not self.gpu_uuid or CUDA not in processor.providers.values():
+            return
+        memory = gpu_memory(self.gpu_uuid)
+        if memory is not None:
+            processor.fit_to_memory(*memory)
 
     @ray.method(concurrency_group="progress")
     def stop(self, key: tuple[str, int]) -> None:
