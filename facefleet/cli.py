@@ -73,6 +73,13 @@ def run(
     address: Optional[str] = typer.Option(None, "--address", help="Join this Ray cluster instead of starting one."),
     sample_interval: float = typer.Option(0.5, "--sample-interval", help="NVML reporter sampling interval, seconds."),
     gpu_backend: str = typer.Option("auto", "--gpu-backend", help="GPU metrics: auto | real (NVML) | simulated."),
+    gpu_monitoring: bool = typer.Option(
+        True,
+        "--monitor/--no-monitor",
+        help="--no-monitor: start no NVML reporters and collect no GPU samples, for measuring monitoring's overhead. "
+        "Chunks are then not steered away from full or throttling GPUs, the "
+        "autoscaler gets no GPU load, and `facefleet monitor` and reports show no GPU samples for the run.",
+    ),
     autoscale: Optional[bool] = typer.Option(
         None, "--autoscale/--no-autoscale", help="Ask the Ray autoscaler for GPUs (default: on with --address)."
     ),
@@ -142,6 +149,7 @@ def run(
         chunks_per_worker=chunks_per_worker,
         gpu_share=gpu_share,
         sample_interval=sample_interval,
+        monitor=gpu_monitoring,
         gpu_backend=gpu_backend,
         autoscale=autoscale,
         target_backlog_s=target_backlog,

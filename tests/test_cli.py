@@ -3,14 +3,18 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import av
+import pytest
+
+from facefleet.errors import OutputError
 
 from facefleet.samples import SampleSpec
 
 
-def run_cli(*args, cwd=None):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def run_cli(*args, cwd=None, env=None):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "facefleet", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
     )
@@ -84,3 +88,54 @@ def test_missing_model_is_refused_before_ray_starts(data_dir, tmp_path):
     assert lines[-1].startswith("error: model codeformer (codeformer.onnx) not found")
     assert "facefleet models fetch codeformer" in lines[-1]
     assert "embedded Ray" not in proc.stderr
+
+
+def test_ts_input_into_directory_gets_mp4_output_and_runs_without_monitoring(sample_factory, tmp_path):
+    """A .ts input (a container facefleet cannot write) run with -o DIR is written as
+    NAME.mp4; --no-monitor runs the job with no NVML reporters. (No B-frames: a .ts with
+    B-frames fails range decode today, media/decode.py.)"""
+    video, _ = sample_factory(SampleSpec(width=320, height=180, frames=24, container="ts", bframes=0), name="clip.ts")
+    out = tmp_path / "out"
+    proc = run_cli("run", str(video), "-o", str(out) + "/", "-q", "--no-monitor")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "GPU monitoring off (--no-monitor)" in proc.stderr
+    assert sorted(os.listdir(out)) == ["clip.mp4"]
+    assert f"ok  {video} -> {out / 'clip.mp4'}: 24 frames" in proc.stdout
+    with av.open(str(out / "clip.mp4")) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 24
+
+
+def test_run_help_documents_no_monitor():
+    proc = run_cli("run", "--help", env={"COLUMNS": "200"})
+    assert proc.returncode == 0
+    assert "--no-monitor" in proc.stdout and "measuring monitoring's overhead" in proc.stdout
+
+
+def test_outputs_named_by_facefleet_get_a_writable_container(tmp_path):
+    from facefleet.jobs.inputs import resolve_outputs
+
+    inputs = ["/in/a.ts", "/in/b.mkv", "/in/c.MOV", "/in/d.m4v", "/in/e.avi", "/in/f.webm", "/in/g.png", "/in/h.mp4"]
+    got = [Path(o).name for _, o in resolve_outputs(inputs, str(tmp_path))]
+    assert got == ["a.mp4", "b.mkv", "c.MOV", "d.m4v", "e.mp4", "f.mp4", "g.png", "h.mp4"]
+    assert resolve_outputs(["/in/a.mts"], None) == [("/in/a.mts", "/in/a_anonymized.mp4")]
+    assert resolve_outputs(["/in/a.ts"], str(tmp_path / "x.mkv")) == [("/in/a.ts", str(tmp_path / "x.mkv"))]
+    assert resolve_outputs(["/in/a.ts"], None, table=True) == [("/in/a.ts", "/in/a_faces.parquet")]
+    with pytest.raises(OutputError, match="would both be written to"):
+        resolve_outputs(["/in/a.ts", "/in/a.mp4"], str(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["two  spaces.mp4", "new\nline.mp4", "a\ttab.mp4", "bell\x07.mp4", "[bold]x.mp4"])
+def test_summary_names_an_awkward_path_once_on_one_line(name):
+    from facefleet.errors import InputError, shown
+    from facefleet.jobs.runner import JobOutcome
+    from facefleet.report.console import summary_line
+
+    path = f"/in put/{name}"
+    failed = summary_line(JobOutcome("j", path, "/out/x.mp4", error=str(InputError(path, "not a video\n  (moov atom not found)"))))
+    assert failed == f"FAILED {shown(path)}: not a video (moov atom not found)"
+    quoted = summary_line(JobOutcome("j", path, "/out/x.mp4", error=f"cannot open {path!s}: denied\tnow"))
+    assert quoted == f"FAILED {shown(path)}: cannot open {shown(path)}: denied now"
+    ok = summary_line(JobOutcome("j", path, f"/out/{name}", frames=3, seconds=1.0))
+    assert ok.startswith(f"ok  {shown(path)} -> /out/{shown(name)}: 3 frames")
+    for line in (failed, quoted, ok):
+        assert line.isprintable()

@@ -138,9 +138,6 @@ def test_failures_are_one_line_naming_the_input(corpus, cli_run):
         assert len(line) < 400 and "Errno" not in line and "Traceback" not in line, line
 
 
-@pytest.mark.xfail(strict=True, reason="report/console.py summary_line prints the raw input path (a newline in a file "
-                   "name splits its line, a tab becomes spaces) and collapses blanks in the error, so a path with two "
-                   "spaces is named twice; it should print errors.shown(path) and leave the error's path alone")
 def test_awkward_paths_are_named_once_on_one_line(corpus, cli_run):
     proc, _ = cli_run
     for entry in corpus:

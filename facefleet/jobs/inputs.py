@@ -10,6 +10,11 @@ from facefleet.errors import OutputError
 from facefleet.media.probe import is_image
 
 SUFFIX = "_anonymized"
+# Video containers facefleet writes H.264 segments into (media/assemble.py MUXERS, less
+# .webm, which takes VP8/VP9/AV1 only). An output named after an input in any other
+# container (.ts, .avi, .webm, ...) gets DEFAULT_VIDEO_EXT instead.
+WRITABLE_VIDEO_EXTS = (".mp4", ".m4v", ".mov", ".mkv")
+DEFAULT_VIDEO_EXT = ".mp4"
 
 
 def new_job_id() -> str:
@@ -24,13 +29,19 @@ def resolve_outputs(
     No OUTPUT: next to each input, named `<stem><suffix><ext>`. Several inputs, an
     existing directory, or a name ending in `/`: a directory, input names kept. Otherwise
     OUTPUT is the file for the single input. With `table` (a pipeline whose output is a
-    table of faces) the extension is .parquet and the default suffix `_faces`.
+    table of faces) the extension is .parquet and the default suffix `_faces`. Where
+    facefleet names the output (no OUTPUT, or a directory), a video whose container it
+    cannot write (.ts, .avi, .webm, ...) gets a .mp4 output; an image keeps its extension.
     """
     if not inputs:
         raise OutputError("no input given")
 
     def ext(path: Path) -> str:
-        return ".parquet" if table else path.suffix
+        if table:
+            return ".parquet"
+        if is_image(str(path)) or path.suffix.lower() in WRITABLE_VIDEO_EXTS:
+            return path.suffix
+        return DEFAULT_VIDEO_EXT
 
     if output is None:
         tail = "_faces" if table else suffix

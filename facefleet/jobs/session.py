@@ -18,6 +18,7 @@ class PoolOptions:
     chunks_per_worker: int | None = None  # None: auto (cluster.pool.auto_chunks_per_worker)
     gpu_share: float = 1.0
     sample_interval: float = 0.5  # NVML reporter sampling, seconds
+    monitor: bool = True  # False: no NVML reporters and no GPU samples (to measure monitoring's overhead)
     gpu_backend: str = "auto"  # auto | real | simulated
     autoscale: bool | None = None  # None: when joining a cluster (--address)
     target_backlog_s: float = 120.0
@@ -73,7 +74,11 @@ def run_specs(
         where = "embedded Ray (127.0.0.1)" if cluster.embedded else f"Ray at {address or 'the current session'}"
         kind = f"{plan.workers} GPU worker(s)" if plan.gpus_per_worker else f"{plan.workers} CPU worker(s)"
         console.print(f"{where}: {cluster.nodes} node(s), {cluster.cpus} CPUs, {cluster.gpus} GPUs; {kind}", highlight=False)
-        reporters = start_reporters(options.sample_interval, options.gpu_backend, name_prefix=REPORTER_PREFIX)
+        if options.monitor:
+            reporters = start_reporters(options.sample_interval, options.gpu_backend, name_prefix=REPORTER_PREFIX)
+        else:
+            reporters = {}
+            console.print("GPU monitoring off (--no-monitor): no NVML reporters, no GPU samples", highlight=False)
         autoscale = options.autoscale if options.autoscale is not None else bool(address)
         autoscaler = Autoscaler(ScalingPolicy(target_backlog_s=options.target_backlog_s)) if autoscale else None
         pool = None
@@ -82,7 +87,7 @@ def run_specs(
             with RichProgress(console, enabled=progress) as bars:
                 idle = options.idle_timeout_s if options.idle_timeout_s is not None else (60.0 if autoscale else None)
                 outcomes = run_planned(
-                    planned, pool, bars, monitor=GpuMonitor(reporters), autoscaler=autoscaler, idle_retire_s=idle
+                    planned, pool, bars, monitor=GpuMonitor(reporters) if options.monitor else None, autoscaler=autoscaler, idle_retire_s=idle
                 )
         finally:
             if pool is not None:

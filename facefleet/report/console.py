@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from rich.console import Console
@@ -15,8 +16,10 @@ from rich.progress import (
     TextColumn,
     TimeRemainingColumn,
 )
+from rich.markup import escape
 from rich.text import Text
 
+from facefleet.errors import shown
 from facefleet.jobs.runner import JobOutcome
 
 
@@ -54,8 +57,8 @@ class RichProgress:
         self._progress.stop()
 
     def started(self, job_id: str, input_uri: str, total_frames: int) -> None:
-        name = Path(input_uri).name
-        self._tasks[job_id] = self._progress.add_task(name[:40], total=total_frames, start=False)
+        name = shown(Path(input_uri).name)[:40]
+        self._tasks[job_id] = self._progress.add_task(escape(name), total=total_frames, start=False)
 
     def advanced(self, job_id: str, frames_done: int) -> None:
         task = self._tasks.get(job_id)
@@ -73,15 +76,31 @@ class RichProgress:
             self._progress.stop_task(task)
 
 
+_LINE_BREAKS = re.compile(r"\s*[^\S ]\s*")  # a run of blanks holding anything but a space: a newline, a tab
+
+
+def one_line(text: str) -> str:
+    """`text` on one line: each run of blanks that holds a line break or a tab becomes one
+    space and other control characters are escaped; runs of plain spaces stay as they are
+    (a path in the text may hold them)."""
+    return shown(_LINE_BREAKS.sub(" ", text.strip("\r\n\t\v\f")).rstrip())
+
+
 def summary_line(outcome: JobOutcome) -> str:
+    """One line per input: the input named once, as `errors.shown` writes it (a newline or
+    tab in a file name escaped), then the output and numbers, or the reason it failed."""
+    source = shown(outcome.input_uri)
     if not outcome.ok:
-        error = " ".join((outcome.error or "").split())  # one line, whatever the error said
-        named = error if error.startswith(outcome.input_uri) else f"{outcome.input_uri}: {error}"
+        error = outcome.error or ""
+        if outcome.input_uri != source:  # a message that quotes the raw path: name it as shown
+            error = error.replace(outcome.input_uri, source)
+        error = one_line(error)
+        named = error if error.startswith(source) else f"{source}: {error}"
         return f"FAILED {named}"
     providers = ",".join(p.replace("ExecutionProvider", "") for p in outcome.providers) or "-"
     trusted = sorted(name for name, how in outcome.models.items() if how == "trusted")
     return (
-        f"ok  {outcome.input_uri} -> {outcome.output_uri}: {outcome.frames} frames, {outcome.faces} faces, "
+        f"ok  {source} -> {shown(outcome.output_uri)}: {outcome.frames} frames, {outcome.faces} faces, "
         f"{outcome.seconds:.1f} s, {outcome.fps:.1f} fps, provider {providers}"
         + (f", trusted (unchecked) model: {', '.join(trusted)}" if trusted else "")
     )
