@@ -51,6 +51,16 @@ def test_decode_range_recovers_when_seek_target_is_late(sample_factory):
     assert got == all_pts[5:10]
 
 
+def test_decode_range_of_mpegts_with_b_frames_from_the_first_frame(sample_factory):
+    """MPEG-TS with B-frames: the first keyframe presents after its decode time, and a seek
+    to its pts yielded no frame at all; decoding starts over instead of giving nothing."""
+    path, _ = sample_factory(SampleSpec(width=320, height=180, frames=24, container="ts"))  # one keyframe
+    info = probe_video(str(path))
+    all_pts, _ = decode_all(path)
+    got = [p for p, _ in decode_range(str(path), info.frame_pts[0], info.frame_pts[-1], info.frame_pts[0])]
+    assert got == all_pts and len(got) == info.frames
+
+
 @pytest.mark.parametrize(
     "container,start",
     [("mp4", 0.0), ("mp4", 0.852), ("mkv", 0.0), ("mkv", 0.852), ("mov", 0.5)],

@@ -49,7 +49,8 @@ def decode_range(
     """Yield (pts, image) for every frame whose pts lies in [first_pts, last_pts].
 
     `seek_pts` is the pts of a keyframe at or before `first_pts`. If the demuxer's seek
-    lands after the range start anyway, decoding starts over from the beginning.
+    lands after the range start anyway, or yields no frame, decoding starts over from the
+    beginning.
     `threads` caps the decoder's threads (0: FFmpeg picks, one per core).
     """
     with open_input(uri) as container:
@@ -58,9 +59,9 @@ def decode_range(
         stream.codec_context.thread_count = threads
         frames = _frames_from(uri, container, stream, seek_pts)
         head = next(frames, None)
-        if head is None:
-            return
-        if head.pts > first_pts:
+        if head is None or head.pts > first_pts:
+            # the seek landed after the range start, or nowhere (MPEG-TS with B-frames: a
+            # seek to the first keyframe's pts, which is past its dts, gave no frames)
             frames.close()
             frames = _frames_from(uri, container, stream, 0)
         else:
