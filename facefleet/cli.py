@@ -87,6 +87,9 @@ def run(
     idle_timeout: Optional[float] = typer.Option(
         None, "--idle-timeout", help="Retire workers idle this long, seconds (default: 60 when autoscaling)."
     ),
+    stall_timeout: Optional[float] = typer.Option(
+        None, "--stall-timeout", help="Seconds a chunk may go without progress before its worker is restarted and the chunk retried (default 300, or FACEFLEET_STALL_TIMEOUT_S; 0: never).", show_default=False
+    ),
     providers: str = typer.Option("auto", "--execution-providers", help="auto | cuda | cpu."),
     batch_size: int = typer.Option(0, "--batch-size", help="Frames per detector call (0: 16 on GPU, 1 on CPU)."),
     quality: int = typer.Option(65, "--output-video-quality", help="0-100; 65 is x264 CRF 18, 100 is lossless."),
@@ -154,6 +157,7 @@ def run(
         autoscale=autoscale,
         target_backlog_s=target_backlog,
         idle_timeout_s=idle_timeout,
+        stall_timeout_s=_stall(stall_timeout),
     )
     outcomes = run_specs(specs, address, pool, err, progress=not quiet)
     if not all(o.ok for o in outcomes):
@@ -295,12 +299,21 @@ def _state(state_dir: Optional[str]) -> Path:
     return Path(state_dir) if state_dir else default_state_dir()
 
 
-def _pool_options(workers, chunks_per_worker, gpu_share, gpu_backend, sample_interval):
+def _stall(seconds: float | None) -> float | None:
+    if seconds is not None and seconds < 0:
+        raise FacefleetError("--stall-timeout must be 0 (never) or more seconds")
+    return seconds
+
+
+def _pool_options(workers, chunks_per_worker, gpu_share, gpu_backend, sample_interval, stall_timeout=None):
     from facefleet.jobs.session import PoolOptions
 
     if gpu_backend not in ("auto", "real", "simulated"):
         raise FacefleetError("--gpu-backend must be auto, real or simulated")
-    return PoolOptions(workers=workers, chunks_per_worker=chunks_per_worker, gpu_share=gpu_share, gpu_backend=gpu_backend, sample_interval=sample_interval, autoscale=False)
+    return PoolOptions(
+        workers=workers, chunks_per_worker=chunks_per_worker, gpu_share=gpu_share, gpu_backend=gpu_backend,
+        sample_interval=sample_interval, autoscale=False, stall_timeout_s=_stall(stall_timeout),
+    )
 
 
 @app.command()
@@ -316,11 +329,14 @@ def serve(
     sample_interval: float = typer.Option(0.5, "--sample-interval", help="NVML sampling interval, seconds."),
     price: Optional[float] = typer.Option(None, "--price-per-gpu-hour", help="For the cost estimate in job reports."),
     until_idle: bool = typer.Option(False, "--until-idle", help="Stop when no job is left (default: run until Ctrl-C)."),
+    stall_timeout: Optional[float] = typer.Option(
+        None, "--stall-timeout", help="Seconds a chunk may go without progress before its worker is restarted and the chunk retried (default 300, or FACEFLEET_STALL_TIMEOUT_S; 0: never).", show_default=False
+    ),
 ) -> None:
     """The long-running controller: takes submitted jobs and runs them on the cluster."""
     from facefleet.jobs.session import serve_jobs
 
-    options = _pool_options(workers, chunks_per_worker, gpu_share, gpu_backend, sample_interval)
+    options = _pool_options(workers, chunks_per_worker, gpu_share, gpu_backend, sample_interval, stall_timeout)
     try:
         serve_jobs(_state(state_dir), address, options, err, metrics_port, metrics_host, until_idle, price)
     except KeyboardInterrupt:
@@ -334,11 +350,14 @@ def resume(
     workers: Optional[int] = typer.Option(None, "--workers", help="Workers (default: one per GPU, else one)."),
     chunks_per_worker: Optional[int] = typer.Option(None, "--chunks-per-worker", help="Chunks each worker processes at once (default: one per 4 of its cores on GPU workers, at least 2; 2 on CPU workers).", show_default=False),
     gpu_backend: str = typer.Option("auto", "--gpu-backend", help="GPU metrics: auto | real | simulated."),
+    stall_timeout: Optional[float] = typer.Option(
+        None, "--stall-timeout", help="Seconds a chunk may go without progress before its worker is restarted and the chunk retried (default 300, or FACEFLEET_STALL_TIMEOUT_S; 0: never).", show_default=False
+    ),
 ) -> None:
     """After a controller crash: finish every unfinished job (done chunks are kept), then stop."""
     from facefleet.jobs.session import serve_jobs
 
-    options = _pool_options(workers, chunks_per_worker, 1.0, gpu_backend, 0.5)
+    options = _pool_options(workers, chunks_per_worker, 1.0, gpu_backend, 0.5, stall_timeout)
     serve_jobs(_state(state_dir), address, options, err, until_idle=True)
 
 

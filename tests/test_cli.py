@@ -139,3 +139,15 @@ def test_summary_names_an_awkward_path_once_on_one_line(name):
     assert ok.startswith(f"ok  {shown(path)} -> /out/{shown(name)}: 3 frames")
     for line in (failed, quoted, ok):
         assert line.isprintable()
+
+
+def test_stall_timeout_option_retries_a_hung_chunk(tmp_path):
+    """A chunk that hangs on its first send (simulated) is given up after --stall-timeout
+    and retried on the restarted worker; without the option it would wait 300 s."""
+    proc = run_cli(
+        "run", "simulated://40?ms=1&hang=0&hang_tries=1", "-o", str(tmp_path / "out"), "--stall-timeout", "2", "-q",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ok  simulated://40" in proc.stdout + proc.stderr
+    bad = run_cli("run", "simulated://4?ms=1", "-o", str(tmp_path / "x"), "--stall-timeout", "-1")
+    assert bad.returncode != 0 and "--stall-timeout must be 0" in bad.stderr

@@ -23,6 +23,13 @@ class PoolOptions:
     autoscale: bool | None = None  # None: when joining a cluster (--address)
     target_backlog_s: float = 120.0
     idle_timeout_s: float | None = None  # retire idle workers (None: 60 s when autoscaling, else never)
+    stall_timeout_s: float | None = None  # give up a chunk without progress this long (None: 300 s or FACEFLEET_STALL_TIMEOUT_S; 0: never)
+
+    def stall_option(self) -> dict:
+        """The runner's stall_timeout_s argument, when the user gave one (0: never)."""
+        if self.stall_timeout_s is None:
+            return {}
+        return {"stall_timeout_s": self.stall_timeout_s if self.stall_timeout_s > 0 else None}
 
 
 def model_notices(specs: list[JobSpec]) -> list[str]:
@@ -87,7 +94,8 @@ def run_specs(
             with RichProgress(console, enabled=progress) as bars:
                 idle = options.idle_timeout_s if options.idle_timeout_s is not None else (60.0 if autoscale else None)
                 outcomes = run_planned(
-                    planned, pool, bars, monitor=GpuMonitor(reporters) if options.monitor else None, autoscaler=autoscaler, idle_retire_s=idle
+                    planned, pool, bars, monitor=GpuMonitor(reporters) if options.monitor else None, autoscaler=autoscaler,
+                    idle_retire_s=idle, **options.stall_option(),
                 )
         finally:
             if pool is not None:
@@ -137,6 +145,7 @@ def serve_jobs(
                 controller = Controller(
                     state_dir, pool, monitor=GpuMonitor(reporters), reporters=reporters, metrics=metrics,
                     price_per_gpu_hour=price_per_gpu_hour, log=lambda line: console.print(line, markup=False, highlight=False),
+                    **options.stall_option(),
                 )
                 resumed = controller.resume()
                 kind = f"{plan.workers} GPU worker(s)" if plan.gpus_per_worker else f"{plan.workers} CPU worker(s)"
