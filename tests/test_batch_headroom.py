@@ -77,3 +77,15 @@ def test_gpu_memory_reads_nvml_by_uuid_and_says_none_when_it_cannot():
     assert nvml.open == 0  # shut down again
     assert gpu_memory("GPU-2", nvml) is None and nvml.open == 0
     assert gpu_memory("GPU-1", FakeNvml(0, 0, fail=True)) is None
+
+
+def test_face_stages_follow_memory_too():
+    detector = SimpleNamespace(model=SimpleNamespace(provider=CUDA), max_batch=None)
+    enhancer, recognizer = SimpleNamespace(batch_size=8), SimpleNamespace(batch_size=32)
+    processor = Processor(PipelineSpec(), detector, lambda chunk: [], face_batchers=(enhancer, recognizer))
+    processor.fit_to_memory(used=78 * GIB, total=80 * GIB)
+    assert (processor.batch_size, enhancer.batch_size, recognizer.batch_size) == (8, 4, 16)
+    processor.fit_to_memory(used=78 * GIB, total=80 * GIB)
+    processor.fit_to_memory(used=8 * GIB, total=80 * GIB)
+    processor.fit_to_memory(used=8 * GIB, total=80 * GIB)
+    assert (processor.batch_size, enhancer.batch_size, recognizer.batch_size) == (16, 8, 32)

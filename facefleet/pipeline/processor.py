@@ -81,8 +81,11 @@ class Processor:
         detector: FaceDetector,
         make_stages: Callable[[int], list[Stage]],
         sessions: dict[str, ModelSession] | None = None,
+        face_batchers: tuple = (),
     ):
         self.spec = spec
+        # stages that run faces `batch_size` at a time (embed, enhance), with their configured size
+        self._face_batchers = [(stage, stage.batch_size) for stage in face_batchers]
         self.detector = detector
         self._make_stages = make_stages
         self.sessions = sessions or {"detect": detector.model}
@@ -101,8 +104,12 @@ class Processor:
         self.detector.max_batch = value  # also the shape every GPU call keeps (short batches padded)
 
     def fit_to_memory(self, used: int, total: int) -> int:
-        """Set the batch size for the next chunk from its GPU's memory use (bytes) and return it."""
+        """Set every stage's batch size for the next chunk from its GPU's memory use (bytes):
+        the detector's frames per call and the face stages' faces per call. Returns the
+        detector's."""
         self.batch_size = batch_for_headroom(self.batch_size, self.configured_batch, used, total)
+        for stage, configured in self._face_batchers:
+            stage.batch_size = batch_for_headroom(stage.batch_size, configured, used, total)
         return self.batch_size
 
     @property
@@ -255,4 +262,5 @@ def build_processor(
                 chain.append(AnalyzeStage())
         return chain
 
-    return Processor(spec, detector, stages, sessions)
+    face_batchers = tuple(stage for stage in (recognizer, enhancer) if stage is not None)
+    return Processor(spec, detector, stages, sessions, face_batchers)
