@@ -376,9 +376,14 @@ def start_reporters(
     history_s: float = DEFAULT_HISTORY_S,
     name_prefix: str | None = None,
     timeout_s: float = START_TIMEOUT_S,
+    wait: bool = True,
     **reporter_options: Any,
 ) -> dict[str, Any]:
     """One NvmlReporter actor on every alive node: {Ray node id: actor handle}.
+
+    With `wait=False` the actors are created and not waited for: start the workers
+    meanwhile, then call `await_reporters` (each actor is a process to spawn and import,
+    about a second, which otherwise came before the workers' start).
 
     Each is pinned with a hard node-affinity strategy and takes no GPU and no CPU, so it
     never competes with workers for logical resources. A simulated backend gets as many
@@ -405,6 +410,16 @@ def start_reporters(
         actors[node_id] = remote.options(**options).remote(
             interval, backend_kind, node=node_id, history_s=history_s, simulated_gpus=gpus, **reporter_options
         )
+    if wait:
+        await_reporters(actors, timeout_s)
+    return actors
+
+
+def await_reporters(actors: dict[str, Any], timeout_s: float = START_TIMEOUT_S) -> None:
+    """Wait until every reporter answers; stop them all and raise ClusterError if one
+    does not start."""
+    import ray
+
     try:
         ray.get([a.info.remote() for a in actors.values()], timeout=timeout_s)
     except ray.exceptions.GetTimeoutError:
@@ -417,7 +432,6 @@ def start_reporters(
         lines = str(getattr(exc, "error_msg", None) or exc).strip().splitlines()
         reason = re.sub(r"^[\w.]+: ", "", lines[-1].strip()) if lines else type(exc).__name__
         raise ClusterError(f"the GPU reporters could not start: {reason}") from None
-    return actors
 
 
 def stop_reporters(actors: dict[str, Any]) -> None:

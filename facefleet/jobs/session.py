@@ -64,7 +64,7 @@ def run_specs(
     does not start at all."""
     from facefleet.cluster.monitor import GpuMonitor
     from facefleet.cluster.pool import WorkerPool, plan_pool
-    from facefleet.cluster.reporter import REPORTER_PREFIX, start_reporters, stop_reporters
+    from facefleet.cluster.reporter import REPORTER_PREFIX, await_reporters, start_reporters, stop_reporters
     from facefleet.cluster.runtime import ray_session
     from facefleet.cluster.scaling import Autoscaler, ScalingPolicy
 
@@ -81,8 +81,8 @@ def run_specs(
         where = "embedded Ray (127.0.0.1)" if cluster.embedded else f"Ray at {address or 'the current session'}"
         kind = f"{plan.workers} GPU worker(s)" if plan.gpus_per_worker else f"{plan.workers} CPU worker(s)"
         console.print(f"{where}: {cluster.nodes} node(s), {cluster.cpus} CPUs, {cluster.gpus} GPUs; {kind}", highlight=False)
-        if options.monitor:
-            reporters = start_reporters(options.sample_interval, options.gpu_backend, name_prefix=REPORTER_PREFIX)
+        if options.monitor:  # started beside the workers, waited for once they are up
+            reporters = start_reporters(options.sample_interval, options.gpu_backend, name_prefix=REPORTER_PREFIX, wait=False)
         else:
             reporters = {}
             console.print("GPU monitoring off (--no-monitor): no NVML reporters, no GPU samples", highlight=False)
@@ -91,6 +91,7 @@ def run_specs(
         pool = None
         try:
             pool = WorkerPool(plan, specs[0].pipeline)
+            await_reporters(reporters)
             with RichProgress(console, enabled=progress) as bars:
                 idle = options.idle_timeout_s if options.idle_timeout_s is not None else (60.0 if autoscale else None)
                 outcomes = run_planned(
@@ -121,7 +122,7 @@ def serve_jobs(
     until nothing is left to do)."""
     from facefleet.cluster.monitor import GpuMonitor
     from facefleet.cluster.pool import WorkerPool, plan_pool
-    from facefleet.cluster.reporter import REPORTER_PREFIX, start_reporters, stop_reporters
+    from facefleet.cluster.reporter import REPORTER_PREFIX, await_reporters, start_reporters, stop_reporters
     from facefleet.cluster.runtime import ray_session
     from facefleet.jobs.controller import Controller, ControllerLock
     from facefleet.pipeline.spec import PipelineSpec
@@ -137,11 +138,12 @@ def serve_jobs(
             console.print(f"metrics: http://{metrics_host}:{port}/metrics", highlight=False)
         with ray_session(address) as cluster:
             plan = plan_pool(cluster, options.workers, options.chunks_per_worker, options.gpu_share)
-            reporters = start_reporters(options.sample_interval, options.gpu_backend, name_prefix=REPORTER_PREFIX)
+            reporters = start_reporters(options.sample_interval, options.gpu_backend, name_prefix=REPORTER_PREFIX, wait=False)
             pool = None
             controller = None
             try:
                 pool = WorkerPool(plan, pipeline or PipelineSpec())
+                await_reporters(reporters)
                 controller = Controller(
                     state_dir, pool, monitor=GpuMonitor(reporters), reporters=reporters, metrics=metrics,
                     price_per_gpu_hour=price_per_gpu_hour, log=lambda line: console.print(line, markup=False, highlight=False),
