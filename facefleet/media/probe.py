@@ -78,12 +78,19 @@ def _check_local(uri: str, path: Path) -> None:
         raise InputError(uri, "file is empty (0 bytes)")
 
 
+def _open_options() -> dict:
+    """av.open's options: metadata in another encoding than UTF-8 (old cameras, damaged
+    tags) must not stop a video. PyAV up to 18 decodes metadata strictly unless told
+    `metadata_errors="replace"`; PyAV 19 has no such option (and refuses it)."""
+    major = int(av.__version__.split(".")[0])
+    return {"metadata_errors": "replace"} if major < 19 else {}
+
+
 def _open_container(uri: str, source) -> av.container.InputContainer:
     try:
-        # metadata in another encoding than UTF-8 (old cameras, damaged tags) must not stop a video
         if isinstance(source, str):
-            return av.open(source, mode="r", metadata_errors="replace")
-        return av.open(source, mode="r", buffer_size=REMOTE_BUFFER_BYTES, metadata_errors="replace")
+            return av.open(source, mode="r", **_open_options())
+        return av.open(source, mode="r", buffer_size=REMOTE_BUFFER_BYTES, **_open_options())
     except av.error.FFmpegError as exc:
         truncated = cut_short(uri)
         if truncated:
