@@ -176,3 +176,99 @@ def test_seeded_faults_in_a_multi_job_run(tmp_path):
     assert all(j["outcome"] in ("done", "failed with reason") for j in by_job), by_job
     assert all(j["outcome"] == "done" and j["identical"] for j in by_job if j["kind"] == "video"), by_job
     assert {j["outcome"] for j in by_job if j["kind"] in ("bad input", "disk full (output)")} == {"failed with reason"}
+
+
+def test_a_node_killed_in_a_multi_job_run(tmp_path):
+    """A simulated cluster on loopback (ray.cluster_utils.Cluster: a head and two nodes with
+    a fake GPU each, so the controller's two workers land on different nodes); `facefleet
+    serve --address ... --until-idle` runs 3 video jobs and a bad input, and at a seeded
+    moment (after a seeded number of chunks are done, plus a seeded delay) one worker node
+    is killed (every process of it, SIGKILL). Every video job done with the bytes of a
+    fault-free run, the bad input failed with a reason, the controller alive to the end
+    (exit 0), the store sound, no temporary file left."""
+    import random
+    import subprocess
+
+    import ray
+    from faults import CHUNK_FRAMES, FACEFLEET, done_chunks, leftovers as bench_leftovers, make_inputs, reference, sha256
+    from ray.cluster_utils import Cluster
+
+    from facefleet.cluster.runtime import loopback_environment
+
+    seed, jobs, frames = 8, 3, 32
+    rng = random.Random(seed)
+    inputs = make_inputs(tmp_path, jobs, frames)
+    videos = [inputs[f"clip{i}"] for i in range(jobs)]
+    ref = reference(tmp_path, videos, 2, 120)
+    total_chunks = sum(-(-(frames + 8 * (i % 3)) // CHUNK_FRAMES) for i in range(jobs))
+
+    state, out = tmp_path / "state", tmp_path / "out"
+    options = {"chunk_frames": CHUNK_FRAMES}
+    kinds = {}
+    for path in [*videos, inputs["notavideo"]]:
+        request = build_request([str(path)], str(out), options, output_root="")
+        Inbox(state).put("submit", request.payload())
+        kinds[request.job_id] = "video" if path in videos else "bad input"
+
+    loopback_environment()
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
+    nodes = [c.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"FACEFLEET_STALL_TIMEOUT_S": "20"}
+    log = open(tmp_path / "controller.log", "wb")
+    proc = None
+    try:
+        c.wait_for_nodes()
+        proc = subprocess.Popen(
+            [*FACEFLEET, "serve", "--address", c.address, "--state-dir", str(state), "--gpu-backend", "simulated", "--until-idle"],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )
+        at, delay = rng.randint(1, total_chunks // 2), rng.uniform(0.0, 0.5)
+        victim = rng.choice(nodes)
+        deadline = time.monotonic() + 90
+        while done_chunks(state) < at and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the jobs ended before the node was killed"
+        time.sleep(delay)
+        killed_at = time.time()
+        c.remove_node(victim, allow_graceful=False)
+        assert proc.poll() is None  # the controller survived the node's death
+        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+        # Cluster.shutdown() also resets this process's Ray globals (internal kv), which
+        # the module's embedded Ray may be using: remove the nodes one by one instead.
+        for node in list(c.worker_nodes):
+            c.remove_node(node, allow_graceful=False)
+        c.remove_node(c.head_node, allow_graceful=False)
+        ray._common.utils.reset_ray_address()
+    text = (tmp_path / "controller.log").read_text(errors="replace")
+    assert proc.returncode == 0 and "Traceback" not in text, text
+
+    with JobStore(state, readonly=True) as store:
+        assert store.integrity_check() == []
+        seen, attempts = {}, []
+        for job in store.jobs():
+            attempts += store.attempts(job.job_id)
+            [row] = store.inputs(job.job_id)
+            output = Path(row.output_uri)
+            if kinds[job.job_id] == "video":
+                assert job.state == "done", (job.state, job.error, text)
+                assert sha256(output) == ref[output.name], output
+            else:
+                assert job.state == "failed" and job.error and not output.exists(), job
+            seen[kinds[job.job_id]] = seen.get(kinds[job.job_id], 0) + 1
+    assert seen == {"video": jobs, "bad input": 1}, seen
+    # both workers (one per node) had chunks; after the kill only one worker finished any
+    # (Cluster's nodes share a hostname here, so attempts are told apart by worker)
+    assert {a.worker for a in attempts} == {0, 1}, attempts
+    after = {a.worker for a in attempts if a.state == "done" and a.started and a.started > killed_at + 1}
+    assert len(after) == 1, attempts
+    [lost_worker] = {0, 1} - after
+    on_victim = [a for a in attempts if a.worker == lost_worker]
+    print(f"node-kill: after {at} chunks + {delay:.2f} s; worker {lost_worker}'s attempts: "
+          f"{[(a.state, (a.error or '')[:60]) for a in on_victim if a.state != 'done']} + "
+          f"{sum(a.state == 'done' for a in on_victim)} done; elsewhere: {len(attempts) - len(on_victim)}")
+    assert bench_leftovers(out, state) == []
