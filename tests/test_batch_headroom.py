@@ -68,15 +68,21 @@ class FakeNvml:
     def nvmlDeviceGetMemoryInfo(self, handle):
         return SimpleNamespace(used=self.used, total=self.total, free=self.total - self.used)
 
+    def nvmlDeviceGetComputeRunningProcesses(self, handle):
+        return [SimpleNamespace(pid=111, usedGpuMemory=50 * GIB), SimpleNamespace(pid=222, usedGpuMemory=None)]
+
 
 def test_gpu_memory_reads_nvml_by_uuid_and_says_none_when_it_cannot():
     from facefleet.cluster.nvml import gpu_memory
 
     nvml = FakeNvml(used=70 * GIB, total=80 * GIB)
-    assert gpu_memory("GPU-1", nvml) == (70 * GIB, 80 * GIB)
+    assert gpu_memory("GPU-1", nvml=nvml) == (70 * GIB, 80 * GIB)
     assert nvml.open == 0  # shut down again
-    assert gpu_memory("GPU-2", nvml) is None and nvml.open == 0
-    assert gpu_memory("GPU-1", FakeNvml(0, 0, fail=True)) is None
+    # the asking worker's own arena (pid 111 holds 50 GiB) is not pressure on it
+    assert gpu_memory("GPU-1", pid=111, nvml=nvml) == (20 * GIB, 80 * GIB)
+    assert gpu_memory("GPU-1", pid=222, nvml=nvml) == (70 * GIB, 80 * GIB)  # NVML did not say
+    assert gpu_memory("GPU-2", nvml=nvml) is None and nvml.open == 0
+    assert gpu_memory("GPU-1", nvml=FakeNvml(0, 0, fail=True)) is None
 
 
 def test_face_stages_follow_memory_too():

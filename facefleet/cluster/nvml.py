@@ -115,18 +115,27 @@ class NvmlUnavailable(ClusterError):
     """NVML cannot be used here: no driver, no library, or no device."""
 
 
-def gpu_memory(uuid: str, nvml: Any = None) -> tuple[int, int] | None:
+def gpu_memory(uuid: str, pid: int | None = None, nvml: Any = None) -> tuple[int, int] | None:
     """(used, total) bytes of the GPU with this UUID, from NVML; None when NVML cannot say.
 
-    For a worker sizing its next batch (Processor.fit_to_memory); `nvml` is the pynvml
-    module (tests pass a stand-in)."""
+    For a worker sizing its next batch (Processor.fit_to_memory). The memory process `pid`
+    holds is left out of `used`: onnxruntime keeps what it allocated in its arena and
+    serves later batches of the same size from it, so a worker's own arena is no pressure
+    (counting it, a worker that once filled the GPU would halve its batches for good).
+    `nvml` is the pynvml module (tests pass a stand-in)."""
     try:
         if nvml is None:
             import pynvml as nvml
         nvml.nvmlInit()
         try:
-            memory = nvml.nvmlDeviceGetMemoryInfo(nvml.nvmlDeviceGetHandleByUUID(uuid))
-            return int(memory.used), int(memory.total)
+            handle = nvml.nvmlDeviceGetHandleByUUID(uuid)
+            memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+            own = 0
+            if pid is not None:
+                for process in nvml.nvmlDeviceGetComputeRunningProcesses(handle) or []:
+                    if int(process.pid) == pid and getattr(process, "usedGpuMemory", None) is not None:
+                        own += int(process.usedGpuMemory)
+            return max(0, int(memory.used) - own), int(memory.total)
         finally:
             nvml.nvmlShutdown()
     except Exception:

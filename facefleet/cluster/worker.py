@@ -150,7 +150,7 @@ class GpuWorker:
         GPU has no memory to run short of)."""
         if self.gpu_backend != "real" or not self.gpu_uuid or CUDA not in processor.providers.values():
             return
-        memory = gpu_memory(self.gpu_uuid)
+        memory = gpu_memory(self.gpu_uuid, pid=os.getpid())  # what others leave this worker
         if memory is not None:
             processor.fit_to_memory(*memory)
 
