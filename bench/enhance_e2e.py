@@ -95,6 +95,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         f"{' and '.join(repr(v) for v in GPU_DEFAULTS['variants'])}; --variant='' for none")
     p.add_argument("--trim", type=float, default=2.0, help="seconds of NVML samples dropped at each end of the steady window")
     p.add_argument("--interval", type=float, default=0.2, help="NVML sampling interval, seconds")
+    p.add_argument("--run-timeout", type=float, default=300.0,
+                   help="seconds a facefleet run may take before it is killed (with its Ray) and reported")
     p.add_argument("--tag", help="results file suffix (default: cpuN, or the GPU model, e.g. h100)")
     p.add_argument("--standalone-child", help=argparse.SUPPRESS)  # internal: JSON arguments of the standalone run
     return p.parse_args(argv)
@@ -321,7 +323,10 @@ def run_facefleet(name: str, cmd: list[str], out: Path, args) -> dict:
     start = time.perf_counter()
     sampler = Sampler(start, args.interval)
     sampler.start()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # its own session, so that a run past --run-timeout goes with every Ray process it started
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    killer = threading.Timer(args.run_timeout, lambda: os.killpg(proc.pid, 9))
+    killer.start()
     marks: list[tuple[float, int, int]] = []
     pieces: list[tuple[float, str]] = []
     pending = ""
@@ -334,10 +339,13 @@ def run_facefleet(name: str, cmd: list[str], out: Path, args) -> dict:
             marks.append((now, int(m.group(1)), int(m.group(2))))
         pending = pending[-80:]  # a mark split across two reads is seen next time
     proc.wait()
+    killer.cancel()
     wall = time.perf_counter() - start
     sampler.stop.set()
     sampler.join()
     log = ANSI.sub("", "".join(text for _, text in pieces))
+    if wall >= args.run_timeout:
+        sys.exit(f"facefleet ran past --run-timeout {args.run_timeout:.0f} s and was killed: {shlex.join(cmd)}\n{log[-4000:]}")
     if proc.returncode != 0:
         sys.exit(f"facefleet failed ({proc.returncode}): {shlex.join(cmd)}\n{log[-4000:]}")
     m = SUMMARY.search(log + " ")
