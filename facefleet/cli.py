@@ -33,7 +33,7 @@ def version() -> None:
 
 @app.command()
 def run(
-    inputs: list[str] = typer.Argument(..., metavar="INPUT...", help="Video or image files."),
+    inputs: list[str] = typer.Argument(None, metavar="INPUT...", help="Video or image files."),
     output: Optional[str] = typer.Option(
         None,
         "-o",
@@ -95,6 +95,13 @@ def run(
     quality: int = typer.Option(65, "--output-video-quality", help="0-100; 65 is x264 CRF 18, 100 is lossless."),
     preset: str = typer.Option("veryfast", "--output-video-preset", help="x264 preset."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    state_dir: Optional[str] = typer.Option(
+        None, "--state-dir", help="Keep the run in this job store, so that a run that dies can be finished with --resume "
+        "(submit's options only; progress as the controller logs it)."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Finish every unfinished run and job in --state-dir (default state dir without it); no inputs."
+    ),
 ) -> None:
     """Anonymize, enhance, debug or analyze faces in videos and images on Ray."""
     from facefleet.jobs.inputs import new_job_id, resolve_outputs
@@ -104,6 +111,17 @@ def run(
     from facefleet.pipeline.anonymize import AnonymizeOptions
     from facefleet.pipeline.spec import PipelineSpec, parse_steps
 
+    if resume:
+        if inputs:
+            raise FacefleetError("--resume finishes the runs kept in --state-dir: give no inputs")
+        from facefleet.jobs.session import run_durable
+
+        rows = run_durable([], _state(state_dir), address, _pool_options(workers, chunks_per_worker, gpu_share, gpu_backend, sample_interval, stall_timeout), err, resume=True)
+        if any(state != "done" for _, _, state, _ in rows):
+            raise typer.Exit(1)
+        return
+    if not inputs:
+        raise FacefleetError("give at least one input (or --resume)")
     if preset not in PRESETS:
         raise FacefleetError(f"--output-video-preset must be one of {', '.join(PRESETS)}")
     if chunk_frames < 0:
@@ -159,6 +177,13 @@ def run(
         idle_timeout_s=idle_timeout,
         stall_timeout_s=_stall(stall_timeout),
     )
+    if state_dir is not None:
+        from facefleet.jobs.session import run_durable
+
+        rows = run_durable(specs, _state(state_dir), address, pool, err)
+        if any(state != "done" for _, _, state, _ in rows):
+            raise typer.Exit(1)
+        return
     outcomes = run_specs(specs, address, pool, err, progress=not quiet)
     if not all(o.ok for o in outcomes):
         raise typer.Exit(1)
