@@ -121,3 +121,42 @@ def test_no_gpu_means_no_shared_memory_limit():
     from facefleet.cluster.worker import shared_memory_limit
 
     assert shared_memory_limit(1.0) == 0 and shared_memory_limit(0.5) == 0  # no NVML here
+
+
+def test_a_dead_worker_that_never_comes_back_is_given_up(cluster):
+    """A worker whose restart never ends (its node died with the GPU it needs) is given up
+    after the restart timeout, so its chunks go to the workers left instead of waiting."""
+    import ray
+
+    from facefleet.cluster.dispatch import DIED, Dispatcher
+
+    @ray.remote(num_cpus=0)
+    def never_answers():
+        time.sleep(3600)
+
+    class Pool:  # the calls _check_dead makes, for two workers
+        plan = PoolPlan(2, gpus_per_worker=1, cpus_per_worker=1, chunks_per_worker=1)
+
+        def __init__(self):
+            self.actors, self.retired, self.pinged = {0: object(), 1: object()}, [], []
+
+        def ping(self, worker):
+            self.pinged.append(worker)
+            return never_answers.remote()
+
+        def retire(self, worker):
+            self.retired.append(worker)
+            self.actors.pop(worker, None)
+
+    pool, told = Pool(), []
+    dispatcher = Dispatcher(pool, stall_timeout_s=0.5, on_worker_out=lambda worker, why: told.append((worker, why)))
+    dispatcher.scheduler.set_health(1, DIED)
+    dispatcher._check_dead()
+    dispatcher._check_dead()  # still restarting: waited for
+    assert pool.pinged == [1] and not pool.retired and dispatcher.scheduler.loads[1].alive
+    time.sleep(0.6)
+    dispatcher._check_dead()
+    assert pool.retired == [1] and not dispatcher.scheduler.loads[1].alive
+    assert told and told[0][0] == 1 and "did not come back" in told[0][1]
+    assert dispatcher.scheduler.pick(10) == 0  # the work goes to the worker left
+    ray.cancel(dispatcher.pings.get(1) or never_answers.remote(), force=True)

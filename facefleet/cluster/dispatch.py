@@ -114,6 +114,7 @@ class Dispatcher:
         self.finished: set[tuple[str, int]] = set()
         self.progress_now: dict[tuple[str, int], int] = {}
         self.pings: dict[int, ray.ObjectRef] = {}  # workers whose actor died: are they back?
+        self.died_at: dict[int, float] = {}  # worker -> when it was first seen dead (restarting)
         self.progress_calls: dict[int, ray.ObjectRef] = {}  # worker -> its progress() call not answered yet
         self.worker_progress: dict[int, dict[tuple[str, int], int]] = {}  # worker -> its last answer
         self.failed_on: dict[tuple[str, int], set[int]] = {}  # chunk key -> workers it failed on
@@ -251,10 +252,29 @@ class Dispatcher:
 
     # ---- inside ------------------------------------------------------------------
 
+    @property
+    def restart_timeout_s(self) -> float:
+        """How long a dead worker may take to come back before it is given up: a restart
+        that needs a resource no live node has (its node died with its GPU) never ends."""
+        return self.stall_timeout_s if self.stall_timeout_s is not None else STALL_TIMEOUT_S
+
     def _check_dead(self) -> None:
+        now = time.monotonic()
         for worker in [w for w, l in self.scheduler.loads.items() if l.alive and l.unhealthy == DIED]:
             if worker not in self.pool.actors:
                 self.scheduler.remove(worker)
+                self.died_at.pop(worker, None)
+                continue
+            since = self.died_at.setdefault(worker, now)
+            if now - since > self.restart_timeout_s:
+                # its calls fail (actor killed) and their chunks go to the workers left
+                self.pool.retire(worker)
+                self.scheduler.remove(worker)
+                self.pings.pop(worker, None)
+                del self.died_at[worker]
+                why = f"it died and did not come back within {self.restart_timeout_s:.0f} s (its node gone?)"
+                self.stats.out_of_rotation[worker] = why
+                self.on_worker_out(worker, why)
                 continue
             ping = self.pings.get(worker)
             if ping is None:
@@ -269,10 +289,12 @@ class Dispatcher:
             except ray.exceptions.ActorDiedError:
                 self.pool.retire(worker)  # restarts used up, or no node can host it
                 self.scheduler.remove(worker)
+                self.died_at.pop(worker, None)
             except ray.exceptions.RayError:
                 pass  # still restarting: ask again next time
             else:
                 self.scheduler.set_health(worker, "")
+                self.died_at.pop(worker, None)
 
     @property
     def backlog_frames(self) -> int:
