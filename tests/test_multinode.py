@@ -12,7 +12,7 @@ from ray.cluster_utils import Cluster
 from facefleet.cluster.pool import WorkerPool, plan_pool
 from facefleet.cluster.reporter import REPORTER_PREFIX, start_reporters, stop_reporters
 from facefleet.cluster.runtime import describe_cluster, loopback_environment
-from facefleet.jobs.runner import run_jobs, run_planned
+from facefleet.jobs.runner import run_jobs, run_planned, simulated_uri
 from facefleet.jobs.spec import JobSpec
 from facefleet.media.encode import EncodeSettings
 from facefleet.pipeline.spec import PipelineSpec
@@ -81,18 +81,20 @@ def test_chunks_spread_over_nodes_and_a_removed_node_loses_nothing(cluster, samp
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
-def test_a_node_that_joins_mid_job_gets_a_worker_and_work(cluster, sample_factory, tmp_path):
+def test_a_node_that_joins_mid_job_gets_a_worker_and_work(cluster, tmp_path):
     c, _ = cluster
-    src, _ = sample_factory(VIDEO)
     pool = WorkerPool(plan_pool(describe_cluster(embedded=False)), PipelineSpec())
+    # simulated chunks of a fixed cost (1200 frames x 30 ms over 2 workers: about 18 s), so the
+    # job outlasts the new worker's start however loaded the machine is (with a real 120-frame
+    # video it sometimes ended before the new worker was up)
     try:
         outcome = run_jobs(
-            [JobSpec("j", str(src), str(tmp_path / "j.mp4"), encode=LOSSLESS, chunk_frames=5)],
+            [JobSpec("j", simulated_uri(1200, 30), str(tmp_path / "j"), chunk_frames=10)],
             pool,
-            When(lambda: c.add_node(num_cpus=1, num_gpus=1), after_frames=5),
+            When(lambda: c.add_node(num_cpus=1, num_gpus=1), after_frames=10),
         )[0]
         per_worker = run_planned.last_stats.per_worker_frames
     finally:
         pool.shutdown()
-    assert outcome.ok and outcome.frames == 120
+    assert outcome.ok and outcome.frames == 1200
     assert per_worker.get(2, 0) > 0, per_worker  # the third worker, on the new node, did chunks
