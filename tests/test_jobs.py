@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facefleet.jobs.store import Inbox, JobStore
+from facefleet.jobs.store import Inbox, JobStore, StoreError
 from facefleet.samples import SampleSpec
 from localrun import decode_all
 
@@ -45,7 +45,11 @@ def kill_group(proc: subprocess.Popen) -> None:
 def done_chunks(state: Path) -> dict[tuple[str, int, int], tuple[float, str]]:
     if not (state / "facefleet.db").exists():
         return {}
-    with JobStore(state, readonly=True) as store:
+    try:
+        store = JobStore(state, readonly=True)
+    except StoreError:  # the controller is creating it
+        return {}
+    with store:
         return {
             (c.job_id, c.input_index, c.index): (c.ended, c.checksum)
             for job in store.jobs()

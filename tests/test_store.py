@@ -798,3 +798,9 @@ def test_200_jobs_read_fast(tmp_path):
     assert counts == {"pending": 59, "running": 0, "done": 1, "failed": 0} and set(counts) == set(CHUNK_STATES)
     assert elapsed < 1.0, f"reading took {elapsed:.3f} s"
     assert (tmp_path / DB_NAME).stat().st_size < 20 * 2**20
+
+
+def test_a_reader_of_a_store_being_created_is_told_so(tmp_path):
+    (tmp_path / DB_NAME).touch()  # the writer created the file and has not written its tables yet
+    with pytest.raises(StoreError, match="a controller is creating it"):
+        JobStore(tmp_path, readonly=True)

@@ -392,6 +392,10 @@ class JobStore:
                     f"(WAL) needs to create {DB_NAME}-shm beside it; read it where the state dir is writable"
                 ) from None
             raise
+        if version == 0 and not self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            # the file exists, its tables not yet: a controller is creating the store
+            self._db.close()
+            raise StoreError(f"no job store in {self.state_dir} yet: a controller is creating it")
         if version != SCHEMA_VERSION:
             self._db.close()
             self._check_not_newer(version)
