@@ -44,6 +44,7 @@ from anonymize_vs_deface import (  # noqa: E402
     facefleet_versions,
     machine,
     run_timed,
+    sample_video,
     wait_quiet,
 )
 
@@ -76,19 +77,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--render", action="store_true", help="only write the .md again from the TAG's .json")
     p.add_argument("--tag", help="results file suffix (default: cpuN, or the GPU model, e.g. h100)")
     return p.parse_args(argv)
-
-
-def sample_video(args) -> Path:
-    from facefleet.samples import SampleSpec, make_sample_video
-
-    path = WORK / f"faces_{args.width}x{args.height}_{args.frames}.mp4"
-    if not path.exists():
-        WORK.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name("tmp-" + path.name)
-        truth = make_sample_video(tmp, ROOT / "tests" / "data", SampleSpec(width=args.width, height=args.height, frames=args.frames))
-        tmp.rename(path)
-        print(f"wrote {path}: {sum(map(len, truth))} faces in {args.frames} frames", flush=True)
-    return path
 
 
 def command(args, video: Path, monitor: bool) -> list[str]:
