@@ -25,6 +25,7 @@ from facefleet.media.decode import decode_range
 from facefleet.media.encode import SegmentWriter
 from facefleet.media.files import atomic_output, durable_checksum
 from facefleet.media.image import read_image, write_image
+from facefleet.models.session import is_out_of_memory
 from facefleet.pipeline.faces import FrameItem
 from facefleet.pipeline.processor import Processor
 from facefleet.report.faces import write_face_table
@@ -118,15 +119,6 @@ class StageTimes:
 
 class ChunkStopped(Exception):
     """The chunk was called off (another copy of it finished first); nothing is left behind."""
-
-
-OOM_MARKERS = ("out of memory", "failed to allocate", "cudaerrormemoryallocation", "bad_alloc")
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether an error is an allocation failure (onnxruntime/CUDA word it several ways)."""
-    text = f"{type(exc).__name__} {exc}".lower()
-    return any(marker in text for marker in OOM_MARKERS)
 
 
 def run_chunk(

@@ -21,6 +21,15 @@ from facefleet.models.manifest import LAYOUT_RANK, ModelSpec, license_notice
 from facefleet.models.store import ModelStore, ResolvedModel
 
 CUDA = "CUDAExecutionProvider"
+
+# How onnxruntime and CUDA word an allocation failure
+OOM_MARKERS = ("out of memory", "failed to allocate", "cudaerrormemoryallocation", "bad_alloc")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether an error is an allocation failure (onnxruntime/CUDA word it several ways)."""
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(marker in text for marker in OOM_MARKERS)
 CPU = "CPUExecutionProvider"
 PROVIDER_CHOICES = ("auto", "cuda", "cpu")
 

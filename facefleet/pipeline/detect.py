@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 
 from facefleet.models.preprocess import DevicePreprocessor, InputPlan
-from facefleet.models.session import CUDA, ModelSession, pad_rows
+from facefleet.models.session import CUDA, ModelSession, is_out_of_memory, pad_rows
 from facefleet.pipeline.geometry import DetectGeometry, detect_geometry, nms
 
 NMS_IOU = 0.4
@@ -47,10 +47,6 @@ DECODERS = ("centerface", "yunet", "scrfd", "retinaface", "yolo_face", "blazefac
 PREPROCESS_ENV = "FACEFLEET_DETECT_PREPROCESS"
 PREPROCESS_CHOICES = ("auto", "graph", "host")
 GRAPHS_KEPT = 4  # preprocessing graphs kept per detector (one per frame size and batch rows)
-# How onnxruntime and CUDA word an allocation failure (as facefleet.cluster.chunk reads
-# them): such an error is not the graph's fault, so it goes up to halve the batch.
-ALLOCATION_FAILURES = ("out of memory", "failed to allocate", "cudaerrormemoryallocation", "bad_alloc")
-
 Decoded = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes (N,4), scores (N,), landmarks (N,5,2)
 
 
@@ -641,9 +637,10 @@ class FaceDetector:
         try:
             outputs = self.model.run_on_device({self.model.spec.input_name: pre(chunk)})
         except Exception as exc:
-            text = str(exc).lower()
-            if not first or any(marker in text for marker in ALLOCATION_FAILURES):
-                raise  # a working graph's run error, or out of memory: the caller's to handle
+            # a working graph's run error, or out of memory (not the graph's fault: the
+            # caller halves the batch): the caller's to handle
+            if not first or is_out_of_memory(exc):
+                raise
             self._give_up_graph(exc)
             return None
         if first:
