@@ -90,7 +90,10 @@ def run(
     stall_timeout: Optional[float] = typer.Option(
         None, "--stall-timeout", help="Seconds a chunk may go without progress before its worker is restarted and the chunk retried (default 300, or FACEFLEET_STALL_TIMEOUT_S; 0: never).", show_default=False
     ),
-    providers: str = typer.Option("auto", "--execution-providers", help="auto | cuda | cpu."),
+    providers: str = typer.Option(
+        "auto", "--execution-providers", help="auto | cuda | tensorrt | cpu. tensorrt runs CUDA when onnxruntime has no TensorRT."
+    ),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16: models computed in half precision (GPU)."),
     batch_size: int = typer.Option(0, "--batch-size", help="Frames per detector call (0: 16 on GPU, 1 on CPU)."),
     quality: int = typer.Option(65, "--output-video-quality", help="0-100; 65 is x264 CRF 18, 100 is lossless."),
     preset: str = typer.Option("veryfast", "--output-video-preset", help="x264 preset."),
@@ -138,6 +141,7 @@ def run(
             anonymize=AnonymizeOptions(replacewith=replacewith, mask_scale=mask_scale, boxes=boxes, mosaic_size=mosaicsize),
             batch_size=batch_size,
             provider=providers,
+            precision=precision,
             track=track,
             landmarker=landmarker,
             recognizer=recognizer,

@@ -25,6 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from facefleet.models.manifest import ModelSpec, get_model
 from facefleet.models.session import ModelSession, create_session
+from fakes import RecordingSession  # noqa: F401  (the tests import it from here too)
 
 OPSET = 13
 IR_VERSION = 8
@@ -224,20 +225,3 @@ def shipped_session(name: str, free_batch: bool = False) -> ModelSession:
     if free_batch and "batch" not in spec.make_dynamic:
         spec = replace(spec, make_dynamic=(*spec.make_dynamic, "batch"))
     return create_session(spec, provider="cpu")
-
-
-class RecordingSession:
-    """A ModelSession stand-in that records the batch size of every call."""
-
-    def __init__(self, model: ModelSession):
-        self.model = model
-        self.spec = model.spec
-        self.session = model.session
-        self.provider = model.provider
-        self.requested = model.requested
-        self.pads_batches = model.pads_batches  # tests may set it to act as a GPU session
-        self.batches: list[int] = []
-
-    def run(self, feeds):
-        self.batches.append(int(next(iter(feeds.values())).shape[0]))
-        return self.model.run(feeds)

@@ -35,7 +35,7 @@ def test_thresholds_are_ordered_and_no_reading_keeps_the_batch():
 
 
 def test_processor_fits_its_batch_to_memory_and_keeps_the_detector_in_step():
-    detector = SimpleNamespace(model=SimpleNamespace(provider=CUDA), max_batch=None)
+    detector = SimpleNamespace(model=SimpleNamespace(provider=CUDA, on_gpu=True), max_batch=None)
     processor = Processor(PipelineSpec(), detector, make_stages=lambda chunk: [])
     assert processor.batch_size == processor.configured_batch == 16
     assert processor.fit_to_memory(used=76 * GIB, total=80 * GIB) == 8
@@ -86,7 +86,7 @@ def test_gpu_memory_reads_nvml_by_uuid_and_says_none_when_it_cannot():
 
 
 def test_face_stages_follow_memory_too():
-    detector = SimpleNamespace(model=SimpleNamespace(provider=CUDA), max_batch=None)
+    detector = SimpleNamespace(model=SimpleNamespace(provider=CUDA, on_gpu=True), max_batch=None)
     enhancer, recognizer = SimpleNamespace(batch_size=8), SimpleNamespace(batch_size=32)
     processor = Processor(PipelineSpec(), detector, lambda chunk: [], face_batchers=(enhancer, recognizer))
     processor.fit_to_memory(used=78 * GIB, total=80 * GIB)

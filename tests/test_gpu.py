@@ -79,3 +79,35 @@ def test_cuda_detector_preprocesses_on_the_gpu(data_dir):
                 oa, ob, oc = (np.argsort(x.boxes[:, 0]) for x in (a, b, c))
                 np.testing.assert_allclose(a.boxes[oa], b.boxes[ob], atol=1.0)
                 np.testing.assert_allclose(a.boxes[oa], c.boxes[oc], atol=1.0)
+
+
+def test_fp16_on_cuda_finds_the_same_faces_as_fp32(data_dir):
+    """Real half-precision arithmetic on the GPU: same faces, boxes and landmarks within 1 px."""
+    from photos import assert_same_detections, test_photos
+
+    for name in ("centerface", "yunet"):
+        fp32 = create_session(get_model(name), provider="cuda")
+        fp16 = create_session(get_model(name), provider="cuda", precision="fp16")
+        assert fp16.provider == CUDA and fp16.precision == "fp16" and fp16.label == f"{CUDA} fp16"
+        found = 0
+        for frames in test_photos(data_dir).values():
+            a = FaceDetector(fp32, 640).detect(frames)
+            b = FaceDetector(fp16, 640).detect(frames)
+            assert_same_detections(a, b, pixels=1.0, score=0.02)
+            found += sum(len(x) for x in a)
+        assert found >= 8
+
+
+def test_tensorrt_asked_without_tensorrt_runs_on_cuda():
+    """This onnxruntime-gpu has no TensorRT provider (or no TensorRT libraries): the session
+    runs on CUDA and its label says TensorRT was unavailable."""
+    import onnxruntime as ort
+
+    from facefleet.models.session import TENSORRT
+
+    session = create_session(get_model("centerface"), provider="tensorrt")
+    if TENSORRT in ort.get_available_providers() and session.provider == TENSORRT:
+        pytest.skip("TensorRT is present here: nothing falls back")
+    assert session.provider == CUDA and session.fell_back
+    assert session.label == f"{CUDA} (TensorRT unavailable)"
+    assert len(FaceDetector(session, 640).detect([np.zeros((360, 640, 3), np.uint8)])) == 1

@@ -26,6 +26,7 @@ from facefleet.pipeline.detect import (
     preprocess_mode,
 )
 from facefleet.pipeline.geometry import detect_geometry
+from photos import assert_same_detections, test_photos
 
 LEVEL_TOLERANCE = 1.0  # pixel levels, before normalisation (see the module docstring)
 
@@ -135,32 +136,7 @@ def cpu_session(request):
 
 @pytest.fixture(scope="module")
 def photos(data_dir):
-    """The test photos, several sizes and aspects (odd ones included)."""
-    two = cv2.imread(str(data_dir / "two_people.jpg"))
-    obama = cv2.imread(str(data_dir / "obama.jpg"))
-    biden = cv2.imread(str(data_dir / "biden.jpg"))
-    astronaut = np.zeros((512, 512, 3), np.uint8)
-    image = cv2.imread(str(data_dir / "astronaut.jpg"))
-    astronaut[0:260, 110:350] = image
-    wide = np.zeros((1080, 1920, 3), np.uint8)  # a 1080p frame with the faces in it
-    wide[100 : 100 + two.shape[0], 300 : 300 + two.shape[1]] = two
-    return {
-        "two_people": [two, np.ascontiguousarray(two[:, ::-1])],
-        "odd": [cv2.resize(two, (two.shape[1] * 3 // 2 + 1, two.shape[0] * 3 // 2 + 1))],
-        "obama": [obama],
-        "biden": [biden],
-        "astronaut": [astronaut],
-        "1080p": [wide, np.full_like(wide, 127), wide],
-    }
-
-
-def assert_same_detections(a, b):
-    assert [len(x) for x in a] == [len(x) for x in b]
-    for x, y in zip(a, b):
-        order_x, order_y = np.argsort(x.boxes[:, 0]), np.argsort(y.boxes[:, 0])
-        np.testing.assert_allclose(x.boxes[order_x], y.boxes[order_y], atol=1.0)
-        np.testing.assert_allclose(x.landmarks[order_x], y.landmarks[order_y], atol=1.0)
-        np.testing.assert_allclose(x.scores[order_x], y.scores[order_y], atol=0.02)
+    return test_photos(data_dir)
 
 
 def test_detections_agree_between_paths(cpu_session, photos):

@@ -23,7 +23,6 @@ from facefleet.cluster.nvml import gpu_memory
 from facefleet.cluster.reporter import REPORTER_PREFIX, worker_gpu_uuid
 from facefleet.jobs.spec import ChunkResult, ChunkTask, WorkerInfo
 from facefleet.media.image import read_image
-from facefleet.models.session import CUDA
 from facefleet.pipeline.processor import Processor, build_processor
 from facefleet.pipeline.spec import PipelineSpec
 
@@ -148,7 +147,7 @@ class GpuWorker:
     def _fit_batch(self, processor: Processor) -> None:
         """Size the next chunk's batches to the GPU memory left (real GPUs only: a simulated
         GPU has no memory to run short of)."""
-        if self.gpu_backend != "real" or not self.gpu_uuid or CUDA not in processor.providers.values():
+        if self.gpu_backend != "real" or not self.gpu_uuid or not processor.on_gpu:
             return
         memory = gpu_memory(self.gpu_uuid, pid=os.getpid())  # what others leave this worker
         if memory is not None:

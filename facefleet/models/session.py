@@ -21,6 +21,8 @@ from facefleet.models.manifest import LAYOUT_RANK, ModelSpec, license_notice
 from facefleet.models.store import ModelStore, ResolvedModel
 
 CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+GPU_PROVIDERS = (TENSORRT, CUDA)
 
 # How onnxruntime and CUDA word an allocation failure
 OOM_MARKERS = ("out of memory", "failed to allocate", "cudaerrormemoryallocation", "bad_alloc")
@@ -31,7 +33,15 @@ def is_out_of_memory(exc: BaseException) -> bool:
     text = f"{type(exc).__name__} {exc}".lower()
     return any(marker in text for marker in OOM_MARKERS)
 CPU = "CPUExecutionProvider"
-PROVIDER_CHOICES = ("auto", "cuda", "cpu")
+PROVIDER_CHOICES = ("auto", "cuda", "tensorrt", "cpu")
+PRECISIONS = ("fp32", "fp16")
+SHORT_NAMES = {TENSORRT: "TensorRT", CUDA: "CUDA", CPU: "CPU"}
+
+# CUDA provider options every GPU session starts from (bench/cuda_options.py measured them).
+# HEURISTIC: cuDNN picks convolution algorithms from its heuristics instead of timing each
+# (EXHAUSTIVE, onnxruntime's default), which costs seconds of CPU per new input shape.
+CUDA_OPTIONS: dict[str, str] = {"cudnn_conv_algo_search": "HEURISTIC"}
+TENSORRT_CACHE_ENV = "FACEFLEET_TENSORRT_CACHE"
 
 
 @dataclass
@@ -42,6 +52,7 @@ class ModelSession:
     session: Any  # onnxruntime.InferenceSession
     provider: str  # provider actually in use, e.g. "CUDAExecutionProvider"
     requested: str  # provider that was asked for
+    precision: str = "fp32"  # of the arithmetic: "fp16" when the weights were converted (or TensorRT builds fp16)
     path: Path | None = None  # the file it was loaded from
     sha256: str | None = None  # of the bytes loaded
     verified_by: str = "manifest"  # "manifest" | "lock" | "trusted": record it in reports
@@ -49,6 +60,20 @@ class ModelSession:
     @property
     def fell_back(self) -> bool:
         return self.provider != self.requested
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.provider in GPU_PROVIDERS
+
+    @property
+    def label(self) -> str:
+        """The provider in use for reports: " fp16" when it computes in half precision, and
+        the provider asked for when that one could not run, e.g.
+        "CUDAExecutionProvider (TensorRT unavailable)"."""
+        label = self.provider + (" fp16" if self.precision == "fp16" else "")
+        if self.fell_back:
+            label += f" ({SHORT_NAMES.get(self.requested, self.requested)} unavailable)"
+        return label
 
     @property
     def trusted(self) -> bool:
@@ -90,7 +115,7 @@ class ModelSession:
         CenterFace on an H100 (bench/detect_calls.py), paid twice per chunk when its last
         batch was short. Zero rows cost the GPU far less; on the CPU they cost real work.
         """
-        return self.provider != CPU
+        return self.on_gpu
 
 
 def pad_rows(tensor: np.ndarray, size: int) -> np.ndarray:
@@ -162,19 +187,68 @@ def gpu_visible() -> bool:
 
 
 def choose_provider(request: str = "auto") -> str:
-    """Pick the provider to ask for: CUDA when asked or usable, else CPU."""
+    """Pick the provider to ask for: CUDA when asked or usable, else CPU; TensorRT only
+    when asked (`create_session` runs CUDA instead when this onnxruntime has no TensorRT)."""
     import onnxruntime as ort
 
     if request not in PROVIDER_CHOICES:
         raise ModelError(f"unknown execution provider {request!r}; choose one of {', '.join(PROVIDER_CHOICES)}")
     cuda_built = CUDA in ort.get_available_providers()
-    if request == "cuda":
+    if request in ("cuda", "tensorrt"):
         if not cuda_built:
-            raise ModelError("CUDA was asked for but this onnxruntime has no CUDA provider; install onnxruntime-gpu")
-        return CUDA
+            raise ModelError(f"{request} was asked for but this onnxruntime has no CUDA provider; install onnxruntime-gpu")
+        return TENSORRT if request == "tensorrt" else CUDA
     if request == "auto" and cuda_built and gpu_visible():
         return CUDA
     return CPU
+
+
+def to_fp16(model_bytes: bytes) -> bytes:
+    """The model with float16 weights and arithmetic; its inputs and outputs stay float32,
+    so callers feed and read it as before (onnxruntime's own converter)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load_from_string(model_bytes), keep_io_types=True)
+    return model.SerializeToString()
+
+
+def tensorrt_cache_dir(sha256: str, precision: str) -> Path:
+    """Where TensorRT keeps the engines it builds for one model file: keyed by the file's
+    sha256, the precision and the onnxruntime version (an engine built by another version
+    or for other weights is never picked up). Under $FACEFLEET_TENSORRT_CACHE, else
+    ~/.cache/facefleet/tensorrt."""
+    import onnxruntime as ort
+
+    root = os.environ.get(TENSORRT_CACHE_ENV) or Path.home() / ".cache" / "facefleet" / "tensorrt"
+    return Path(root) / f"{sha256[:16]}-{precision}-ort{ort.__version__}"
+
+
+def provider_list(requested: str, sha256: str, precision: str, gpu_mem_limit: int = 0, cuda_options: dict | None = None) -> list[Any]:
+    """What to hand onnxruntime for a session asked to run on `requested`: the providers in
+    order of preference with their options. TensorRT comes first only when this
+    onnxruntime has it; CUDA follows (TensorRT hands it the nodes it cannot run, and it
+    runs everything when TensorRT is absent); the CPU last."""
+    import onnxruntime as ort
+
+    if requested == CPU:
+        return [CPU]
+    cuda = {**CUDA_OPTIONS, **(cuda_options or {})}
+    if gpu_mem_limit:
+        cuda["gpu_mem_limit"] = str(int(gpu_mem_limit))
+    providers: list[Any] = [(CUDA, cuda), CPU]
+    if requested == TENSORRT and TENSORRT in ort.get_available_providers():
+        cache = tensorrt_cache_dir(sha256, precision)
+        cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+        trt = {
+            "trt_engine_cache_enable": "True",
+            "trt_engine_cache_path": str(cache),
+            "trt_timing_cache_enable": "True",
+            "trt_timing_cache_path": str(cache),
+            "trt_fp16_enable": str(precision == "fp16"),
+        }
+        providers.insert(0, (TENSORRT, trt))
+    return providers
 
 
 def _preload_cuda_libraries() -> None:
@@ -250,11 +324,15 @@ def create_session(
     path: Path | None = None,
     store: ModelStore | None = None,
     gpu_mem_limit: int = 0,
+    precision: str = "fp32",
+    cuda_options: dict[str, str] | None = None,
 ) -> ModelSession:
     """Load a model for inference and report the provider that actually runs it.
 
     `gpu_mem_limit` (bytes, 0: none) caps the CUDA provider's memory arena, for workers
-    that share a GPU.
+    that share a GPU. `precision` "fp16" converts the weights and arithmetic to float16 at
+    load (inputs and outputs stay float32); with TensorRT, TensorRT builds fp16 engines
+    instead. `cuda_options` override CUDA_OPTIONS (benchmarks).
 
     `spec` is a manifest entry (its file is found and checked by `store`, by default the
     user's models directories and the shipped weights; `path` names a file instead) or a
@@ -263,6 +341,8 @@ def create_session(
     """
     import onnxruntime as ort
 
+    if precision not in PRECISIONS:
+        raise ModelError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     requested = choose_provider(provider)
     model = _resolve(spec, path, store)
     entry = model.spec
@@ -275,28 +355,29 @@ def create_session(
     # Idle onnxruntime threads spin by default, taking cores from the decode and encode
     # threads that run beside every session here.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if requested == CUDA:
-        threads = threads or 1  # the CPU side of a CUDA session is small: don't start a pool
+    if requested != CPU:
+        threads = threads or 1  # the CPU side of a GPU session is small: don't start a pool
+        _preload_cuda_libraries()
     if threads > 0:
         options.intra_op_num_threads = threads
-    providers: list[Any] = [CPU]
-    if requested == CUDA:
-        _preload_cuda_libraries()
-        cuda_options: dict[str, Any] = {"cudnn_conv_algo_search": "HEURISTIC"}
-        if gpu_mem_limit:
-            cuda_options["gpu_mem_limit"] = str(int(gpu_mem_limit))
-        providers = [(CUDA, cuda_options), CPU]
+    providers = provider_list(requested, model.sha256, precision, gpu_mem_limit, cuda_options)
+    on_tensorrt = isinstance(providers[0], tuple) and providers[0][0] == TENSORRT
+    converted = precision == "fp16" and not on_tensorrt  # TensorRT makes its own fp16 engines
     try:
+        if converted:
+            data = to_fp16(data)
         session = ort.InferenceSession(data, sess_options=options, providers=providers)
     except Exception as exc:
         reason = " ".join(str(exc).split())  # one line
         raise ModelError(f"onnxruntime cannot load model {entry.name} from {model.path}: {reason}") from None
     check_signature(entry, session, model.path)
+    actual = session.get_providers()[0]
     return ModelSession(
         spec=entry,
         session=session,
-        provider=session.get_providers()[0],
+        provider=actual,
         requested=requested,
+        precision="fp16" if converted or (precision == "fp16" and actual == TENSORRT) else "fp32",
         path=model.path,
         sha256=model.sha256,
         verified_by=model.verified_by,

@@ -591,7 +591,7 @@ class FaceDetector:
         """Whether calls preprocess with the ONNX graph on the model's device."""
         if self.graph_failure is not None or self.preprocess == "host":
             return False
-        if self.preprocess == "auto" and self.model.provider != CUDA:
+        if self.preprocess == "auto" and not self.model.on_gpu:
             return False
         # a real onnxruntime session with one image input (a stand-in has no IO binding)
         return hasattr(self.model.session, "io_binding") and not self.model.spec.extra_inputs
@@ -627,10 +627,11 @@ class FaceDetector:
         if first:
             try:
                 threads = 1
-                if self.model.provider != CUDA:  # forced onto the CPU: as many threads as the model
+                if not self.model.on_gpu:  # forced onto the CPU: as many threads as the model
                     threads = self.model.session.get_session_options().intra_op_num_threads
                 plan = input_plan(frame_w, frame_h, geom, rows, self.model.spec)
-                pre = DevicePreprocessor(plan, self.model.provider, self.model.provider_options, threads)
+                device = CUDA if self.model.on_gpu else self.model.provider  # TensorRT's inputs live in CUDA memory
+                pre = DevicePreprocessor(plan, device, self.model.provider_options, threads)
             except Exception as exc:  # onnx missing, an operator the provider lacks, ...
                 self._give_up_graph(exc)
                 return None

@@ -14,7 +14,7 @@ import numpy as np
 
 from facefleet.errors import ModelError
 from facefleet.models.manifest import get_model
-from facefleet.models.session import CUDA, ModelSession, create_session
+from facefleet.models.session import ModelSession, create_session
 from facefleet.models.store import ModelStore, ResolvedModel
 from facefleet.pipeline.analyze import AnalyzeStage
 from facefleet.pipeline.debug import DebugStage
@@ -89,8 +89,7 @@ class Processor:
         self.detector = detector
         self._make_stages = make_stages
         self.sessions = sessions or {"detect": detector.model}
-        on_gpu = detector.model.provider == CUDA
-        self.configured_batch = spec.batch_size or (GPU_BATCH if on_gpu else CPU_BATCH)
+        self.configured_batch = spec.batch_size or (GPU_BATCH if self.on_gpu else CPU_BATCH)
         self.batch_size = self.configured_batch
 
     @property
@@ -113,9 +112,14 @@ class Processor:
         return self.batch_size
 
     @property
+    def on_gpu(self) -> bool:
+        """Whether the detector runs on a GPU provider."""
+        return self.detector.model.on_gpu
+
+    @property
     def providers(self) -> dict[str, str]:
-        """Stage name -> execution provider actually running it."""
-        return {stage: session.provider for stage, session in self.sessions.items()}
+        """Stage name -> execution provider actually running it ("... fp16" in half precision)."""
+        return {stage: getattr(session, "label", session.provider) for stage, session in self.sessions.items()}
 
     @property
     def checks(self) -> dict[str, str]:
@@ -184,7 +188,11 @@ class ModelLoader:
 
     def session(self, name: str) -> ModelSession:
         return create_session(
-            self.resolve(name), provider=self.spec.provider, threads=self.threads, gpu_mem_limit=self.gpu_mem_limit
+            self.resolve(name),
+            provider=self.spec.provider,
+            threads=self.threads,
+            gpu_mem_limit=self.gpu_mem_limit,
+            precision=self.spec.precision,
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from facefleet.models.manifest import MODELS
+from facefleet.models.session import PRECISIONS, PROVIDER_CHOICES
 from facefleet.pipeline.anonymize import AnonymizeOptions
 
 STEPS = ("anonymize", "enhance", "debug", "analyze")
@@ -41,7 +42,8 @@ class PipelineSpec:
     detector_angles: tuple[int, ...] = (0,)  # also detect on frames turned by these angles
     anonymize: AnonymizeOptions = field(default_factory=AnonymizeOptions)
     batch_size: int = 0  # frames per detector call; 0 picks by provider
-    provider: str = "auto"  # auto | cuda | cpu
+    provider: str = "auto"  # auto | cuda | tensorrt | cpu
+    precision: str = "fp32"  # fp32 | fp16 (weights and arithmetic in half precision)
     track: bool = True  # link faces over frames; fill one-frame detection gaps
     landmarker: str | None = None  # dense landmarks (facemesh_468, 2dfan4), refining the 5 points
     recognizer: str | None = None  # embeddings for analyze; needed by a reference face
@@ -70,6 +72,10 @@ class PipelineSpec:
             raise ValueError("--thresh must be between 0 and 1")
         if not self.detector_angles or any(a % 90 for a in self.detector_angles):
             raise ValueError("--face-detector-angles takes multiples of 90, e.g. 0,90,270")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+        if self.provider not in PROVIDER_CHOICES:
+            raise ValueError(f"--execution-providers must be one of {', '.join(PROVIDER_CHOICES)}; got {self.provider!r}")
         if self.batch_size < 0:
             raise ValueError("--batch-size must be positive (0 picks one)")
         if not 0 <= self.enhancer_blend <= 100:
