@@ -144,7 +144,7 @@ def test_submit_from_a_job_file_uses_the_same_options(videos, tmp_path):
     assert result.returncode == 0, result.stderr
     [request] = Inbox(state).pending()
     assert request.payload["priority"] == 3 and request.payload["name"] == "from-file"
-    assert request.payload["options"]["chunk_frames"] == 16
+    assert request.payload["settings"]["chunk_frames"] == 16
     job_file.write_text('inputs = ["x.mp4"]\noutput = "o"\nturbo = true\n')
     bad = cli("submit", "--from", str(job_file), "--state-dir", str(tmp_path / "state2"), "--wait", "0")
     assert bad.returncode == 2 and "turbo" in bad.stderr

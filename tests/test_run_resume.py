@@ -10,6 +10,10 @@ import time
 import numpy as np
 
 from facefleet.jobs.store import JobStore
+from facefleet.jobs.submit import job_settings
+from facefleet.media.encode import EncodeSettings
+from facefleet.pipeline.anonymize import AnonymizeOptions
+from facefleet.pipeline.spec import PipelineSpec
 from facefleet.samples import SampleSpec
 from localrun import decode_all
 from test_jobs import FACEFLEET, cli, done_chunks, kill_group
@@ -58,11 +62,36 @@ def test_run_killed_mid_way_is_finished_by_run_resume(sample_factory, tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(frames_a, frames_b))
 
 
-def test_state_dir_refuses_settings_the_store_cannot_keep(sample_factory, tmp_path):
-    src, _ = sample_factory(VIDEO, name="long clip.mp4")
-    result = cli("run", str(src), "-o", str(tmp_path / "o.mp4"), "--state-dir", str(tmp_path / "s"), "--batch-size", "4")
-    assert result.returncode == 2
-    assert "--state-dir keeps the options" in result.stderr and "Traceback" not in result.stderr
-    assert not (tmp_path / "s" / "facefleet.db").exists()
-    resumed = cli("run", str(src), "--resume", "--state-dir", str(tmp_path / "s"))
+def test_state_dir_keeps_every_run_option(sample_factory, tmp_path):
+    """Options submit does not take (they were refused with --state-dir before) are kept
+    in the job, and the run kept there gives the frames of the same run without a store."""
+    src, _ = sample_factory(SampleSpec(width=160, height=120, frames=16, gop=8, seed=6), name="options clip.mp4")
+    (tmp_path / "models").mkdir()
+    options = [
+        "--chunk-frames", "8", "--batch-size", "2", "--face-mask-padding", "1,2,3,4", "--mosaicsize", "6",
+        "--replacewith", "mosaic", "--face-detector-angles", "0,180", "--execution-providers", "cpu",
+        "--face-enhancer-model", "codeformer", "--face-enhancer-weight", "0.6", "--models-dir", "models",
+        "--output-video-quality", "70", "--workers", "1", "--gpu-backend", "simulated",
+    ]
+    def run(*args: str) -> subprocess.CompletedProcess:  # in tmp_path: --models-dir models is relative to it
+        return subprocess.run([*FACEFLEET, "run", str(src), *args, *options], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+    kept = run("-o", "kept.mp4", "--state-dir", "state")
+    assert kept.returncode == 0, kept.stderr
+    given = PipelineSpec(
+        batch_size=2, mask_padding=(1, 2, 3, 4), anonymize=AnonymizeOptions(replacewith="mosaic", mosaic_size=6),
+        detector_angles=(0, 180), provider="cpu", enhancer="codeformer", enhancer_weight=0.6, models_dir=str(tmp_path / "models"),
+    )
+    with JobStore(tmp_path / "state", readonly=True) as store:
+        (job,) = store.jobs()
+        assert job.state == "done" and store.inputs(job.job_id)[0].output_uri == str(tmp_path / "kept.mp4")
+        assert job_settings(job.job_id, job.spec) == (given, EncodeSettings(quality=70), 8)
+    plain = run("-o", "plain.mp4", "-q")
+    assert plain.returncode == 0, plain.stderr
+    pts_a, frames_a = decode_all(tmp_path / "kept.mp4")
+    pts_b, frames_b = decode_all(tmp_path / "plain.mp4")
+    assert pts_a == pts_b and len(frames_a) == 16
+    assert all(np.array_equal(a, b) for a, b in zip(frames_a, frames_b))
+
+    resumed = cli("run", str(src), "--resume", "--state-dir", str(tmp_path / "state"))
     assert resumed.returncode == 2 and "give no inputs" in resumed.stderr

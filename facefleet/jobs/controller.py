@@ -22,7 +22,7 @@ from facefleet.errors import FacefleetError, one_line
 from facefleet.jobs.runner import JobOutcome, JobRunner, PlannedJob, plan_job
 from facefleet.jobs.spec import ChunkResult, JobSpec
 from facefleet.jobs.store import Inbox, JobStore, StoreError
-from facefleet.jobs.submit import pipeline_spec
+from facefleet.jobs.submit import job_settings
 from facefleet.media.plan import FrameRange
 
 IDLE_SLEEP_S = 0.2
@@ -148,6 +148,7 @@ class Controller:
         try:
             if kind == "submit":
                 job_id = payload["job_id"]
+                job_settings(job_id, payload)  # settings this controller cannot use are refused, not queued
                 if self.store.job(job_id) is None:
                     self.store.add_job(job_id, payload["name"], payload, int(payload["priority"]), [tuple(p) for p in payload["inputs"]])
                 self.store.answer(request.request_id, kind, job_id, True, f"queued job {job_id}")
@@ -188,8 +189,15 @@ class Controller:
 
     def _start(self, job_id: str) -> None:
         job = self.store.job(job_id)
-        spec, encode = pipeline_spec(job.spec["options"])
-        chunk_frames = int(job.spec["options"]["chunk_frames"])
+        try:
+            spec, encode, chunk_frames = job_settings(job_id, job.spec)
+        except FacefleetError as exc:  # stored by another version, or changed: the job fails, the others run
+            self.log(f"error: {exc}")
+            for row in self.store.inputs(job_id):
+                if row.state != "done":
+                    self.store.set_input_state(job_id, row.index, "failed", str(exc))
+            self._finish_job(job_id)
+            return
         slots = max(1, self.pool.plan.workers * self.pool.plan.chunks_per_worker)
         planned: list[PlannedJob | JobOutcome] = []
         running: set[str] = set()

@@ -166,64 +166,40 @@ def serve_jobs(
         lock.release()
 
 
-def store_options(spec: JobSpec) -> dict:
-    """A `facefleet run` job's settings as the job store keeps them (submit's options).
-
-    Raises FacefleetError when the run uses a setting the store cannot keep (models other
-    than the detector, a reference face, batch sizes, ...): such a run cannot be resumed."""
-    from facefleet.errors import FacefleetError
-    from facefleet.jobs.submit import OPTIONS, pipeline_spec
-
-    p = spec.pipeline
-    options = {
-        **OPTIONS,
-        "pipeline": ",".join(p.steps),
-        "replacewith": p.anonymize.replacewith,
-        "mask_scale": p.anonymize.mask_scale,
-        "thresh": p.threshold,
-        "boxes": p.anonymize.boxes,
-        "face_detector_model": p.detector,
-        "detect_size": p.detect_size,
-        "track": p.track,
-        "chunk_frames": spec.chunk_frames,
-        "output_video_quality": spec.encode.quality,
-        "output_video_preset": spec.encode.preset,
-    }
-    if pipeline_spec(options) != (spec.pipeline, spec.encode):
-        raise FacefleetError(
-            "--state-dir keeps the options `facefleet submit` takes ("
-            + ", ".join(sorted(OPTIONS))
-            + "); this run also sets others (models, reference face, batch size, providers, ...), so it cannot be kept"
-        )
-    return options
-
-
 def run_durable(
     specs: list[JobSpec], state_dir, address: str | None, options: PoolOptions, console: Console, resume: bool = False
 ) -> list[tuple[str, str, str, str | None]]:
-    """`facefleet run --state-dir DIR`: the run's inputs become one job in the job store and
-    the controller runs it here until nothing is left, so that a run that dies is finished
-    by `facefleet run --resume --state-dir DIR` (or `facefleet resume`) with its done
-    chunks kept. With `resume`, no new job: every unfinished job in the store is finished.
+    """`facefleet run --state-dir DIR`: the run's inputs become one job in the job store,
+    with all its settings (submit.dump_settings), and the controller runs it here until
+    nothing is left, so that a run that dies is finished by `facefleet run --resume
+    --state-dir DIR` (or `facefleet resume`) with the same settings and its done chunks
+    kept. With `resume`, no new job: every unfinished job in the store is finished.
     Returns (input, output, state, error) per input of the jobs it ran."""
     from facefleet.jobs.inputs import new_job_id
     from facefleet.jobs.store import Inbox, JobStore
-    from facefleet.jobs.submit import JobRequest
+    from facefleet.jobs.submit import JobRequest, absolute_path, dump_settings, load_settings, refuse_credentials
 
     job_id = None
     if not resume:
         if address is None:
             check_models(specs)
-        stored = [store_options(spec) for spec in specs]
+        stored = [dump_settings(spec.pipeline, spec.encode, spec.chunk_frames) for spec in specs]
         if any(o != stored[0] for o in stored):
             from facefleet.errors import FacefleetError
 
             raise FacefleetError("--state-dir: every input of a run must have the same settings")
+        for uri in (uri for s in specs for uri in (s.input_uri, s.output_uri)):
+            refuse_credentials(uri)  # the store would keep them
+        # absolute: `run --resume` may be started from another directory
+        pairs = [(absolute_path(s.input_uri), absolute_path(s.output_uri)) for s in specs]
         job_id = new_job_id()
-        request = JobRequest(job_id, "run", 0, [(s.input_uri, s.output_uri) for s in specs], stored[0])
+        request = JobRequest(job_id, "run", 0, pairs, stored[0])
         Inbox(state_dir).put("submit", request.payload())
     before = time.time()
-    serve_jobs(state_dir, address, options, console, until_idle=True)
+    # a new run's workers load its pipeline (as stored) as they start, as run_specs' do;
+    # with `resume`, the default one, as `facefleet resume`'s do
+    pipeline = load_settings(stored[0])[0] if not resume else None
+    serve_jobs(state_dir, address, options, console, until_idle=True, pipeline=pipeline)
     with JobStore(state_dir, readonly=True) as store:
         if job_id is not None:
             jobs = [store.job(job_id)]
