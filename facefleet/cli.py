@@ -99,8 +99,8 @@ def run(
     preset: str = typer.Option("veryfast", "--output-video-preset", help="x264 preset."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     state_dir: Optional[str] = typer.Option(
-        None, "--state-dir", help="Keep the run in this job store, so that a run that dies can be finished with --resume "
-        "(submit's options only; progress as the controller logs it)."
+        None, "--state-dir", help="Keep the run, with all its settings, in this job store, so that a run that dies can be "
+        "finished with --resume (progress as the controller logs it)."
     ),
     resume: bool = typer.Option(
         False, "--resume", help="Finish every unfinished run and job in --state-dir (default state dir without it); no inputs."
