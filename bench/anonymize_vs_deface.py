@@ -49,7 +49,7 @@ except ImportError:  # Ray vendors psutil in ray/thirdparty_files
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 WORK = BENCH / "work"
-RESULTS = BENCH / "results"
+RESULTS = Path(os.environ.get("FACEFLEET_BENCH_RESULTS") or BENCH / "results")  # bench/run.py --results-dir
 DEFACE_VERSION = "1.5.0"
 DEFACE_MAIN = "import sys; from deface.deface import main; sys.argv[0] = 'deface'; main()"
 # deface never calls onnxruntime.preload_dlls(); the pip CUDA 13 libraries need it to load.
@@ -196,12 +196,12 @@ def detector_input(args) -> dict:
 # ---- running and sampling -----------------------------------------------------------
 
 class Sampler(threading.Thread):
-    """Samples machine CPU %, GPU util % (NVML) and the ffmpeg children of a process every 0.2 s."""
+    """Samples machine CPU %, GPU util % and memory (NVML) and the ffmpeg children of a process every 0.2 s."""
 
     def __init__(self, pid: int):
         super().__init__(daemon=True)
         self.pid, self.stop = pid, threading.Event()
-        self.cpu, self.gpu, self.ffmpeg = [], [], []
+        self.cpu, self.gpu, self.gpu_mem, self.ffmpeg = [], [], [], []
         self.tree_cpu: dict[tuple[int, float], float] = {}  # (pid, create time) -> CPU seconds last seen
         self._machine0 = _busy_cpu_s()
         self._nvml = []
@@ -211,6 +211,7 @@ class Sampler(threading.Thread):
             pynvml.nvmlInit()
             self._nvml = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
             self._util = pynvml.nvmlDeviceGetUtilizationRates
+            self._mem = pynvml.nvmlDeviceGetMemoryInfo
         except Exception:
             pass
         psutil.cpu_percent(None)
@@ -220,6 +221,7 @@ class Sampler(threading.Thread):
             self.cpu.append(psutil.cpu_percent(None))
             if self._nvml:
                 self.gpu.append(max(self._util(h).gpu for h in self._nvml))
+                self.gpu_mem.append(max(self._mem(h).used for h in self._nvml) / 2**30)  # GiB, whole device
             try:
                 root = psutil.Process(self.pid)
                 procs = [root, *root.children(recursive=True)]
@@ -238,11 +240,15 @@ class Sampler(threading.Thread):
 
     def summary(self) -> dict:
         def stats(xs):
-            return {"mean": round(statistics.fmean(xs), 1), "max": round(max(xs), 1)} if xs else None
+            if not xs:
+                return None
+            p95 = statistics.quantiles(xs, n=20, method="inclusive")[18] if len(xs) > 1 else xs[0]
+            return {"mean": round(statistics.fmean(xs), 1), "max": round(max(xs), 1), "p95": round(p95, 1)}
 
         machine = _busy_cpu_s() - self._machine0
         tool = sum(self.tree_cpu.values())
-        return {"cpu_percent": stats(self.cpu), "gpu_percent": stats(self.gpu), "tool_cpu_s": round(tool, 1),
+        return {"cpu_percent": stats(self.cpu), "gpu_percent": stats(self.gpu),
+                "gpu_mem_gib_max": round(max(self.gpu_mem), 2) if self.gpu_mem else None, "tool_cpu_s": round(tool, 1),
                 "machine_busy_cpu_s": round(machine, 1), "other_cpu_s": round(max(0.0, machine - tool), 1)}
 
 

@@ -149,7 +149,8 @@ def main() -> None:
     text = json.dumps(report, indent=2)
     print(text)
     if args.tag:
-        out = ROOT / "bench" / "results" / f"detect_preprocess_{args.tag}.json"
+        results = os.environ.get("FACEFLEET_BENCH_RESULTS") or ROOT / "bench" / "results"  # bench/run.py --results-dir
+        out = Path(results) / f"detect_preprocess_{args.tag}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n")
         print(f"wrote {out}", file=sys.stderr)

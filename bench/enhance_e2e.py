@@ -54,7 +54,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 WORK = BENCH / "work"
-RESULTS = BENCH / "results"
+RESULTS = Path(os.environ.get("FACEFLEET_BENCH_RESULTS") or BENCH / "results")  # bench/run.py --results-dir
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 

@@ -39,7 +39,7 @@ import anonymize_vs_deface as avd  # noqa: E402  (sampler, machine info, output 
 
 ROOT = BENCH.parent
 WORK = BENCH / "work"
-RESULTS = BENCH / "results"
+RESULTS = avd.RESULTS  # bench/results, or bench/run.py --results-dir
 EXTRA_SITE = BENCH / ".venv-raydata"
 TARGET = 1.3
 
