@@ -13,9 +13,9 @@ case "${1:-}" in
   options)
     timeout 560 python3 bench/cuda_options.py --tag "$tag" --enhancer-batch 16 2>&1 | tail -20 ;;
   enhance)
-    timeout 580 python3 bench/enhance_e2e.py --tag "$tag-levers" --batches 8,16 --repeat 5 --run-timeout 120 \
-      --variant='--precision fp16' --variant='--gpu-share 0.5 --precision fp16' \
-      --variant='--gpu-share 0.5 --chunks-per-worker 8' 2>&1 | grep -vE "^\s*$" | tail -25 ;;
+    timeout 580 python3 bench/enhance_e2e.py --tag "$tag-levers" --frames 1200 --batches 8,16 --repeat 5 --run-timeout 120 \
+      --variant='--precision fp16' --variant='--gpu-share 0.5 --precision fp16' --variant='--gpu-share 0.25 --precision fp16' \
+      --variant='--gpu-share 0.5 --chunks-per-worker 8' 2>&1 | grep -E "^\[|frames,|FAILED|failed|faces/s" | tail -25 ;;
   anonymize)
     timeout 580 python3 bench/anonymize_vs_deface.py --width 1920 --height 1080 --frames 1800 --deface-python python3 \
       --tag "$tag-fp16" --variant="--precision fp16" 2>&1 | grep -vE "^\s*$" | tail -14 ;;

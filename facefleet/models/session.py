@@ -8,9 +8,11 @@ other model is refused at load instead of producing nonsense.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,10 @@ SHORT_NAMES = {TENSORRT: "TensorRT", CUDA: "CUDA", CPU: "CPU"}
 # HEURISTIC: cuDNN picks convolution algorithms from its heuristics instead of timing each
 # (EXHAUSTIVE, onnxruntime's default), which costs seconds of CPU per new input shape.
 CUDA_OPTIONS: dict[str, str] = {"cudnn_conv_algo_search": "HEURISTIC"}
+# Calls at once into one GPU session. They queue on the session's one CUDA stream anyway,
+# so more add nothing but memory: each call holds its own activations, and eight chunks'
+# enhancer calls at once ran a half-GPU worker out of memory (bench/results/enhance_e2e_h100-levers).
+GPU_CALLS_AT_ONCE = 2
 TENSORRT_CACHE_ENV = "FACEFLEET_TENSORRT_CACHE"
 
 
@@ -56,6 +62,11 @@ class ModelSession:
     path: Path | None = None  # the file it was loaded from
     sha256: str | None = None  # of the bytes loaded
     verified_by: str = "manifest"  # "manifest" | "lock" | "trusted": record it in reports
+    _gate: Any = field(init=False, repr=False, compare=False, default=None)
+
+    def __post_init__(self) -> None:
+        on_gpu = self.provider in GPU_PROVIDERS
+        self._gate = threading.BoundedSemaphore(GPU_CALLS_AT_ONCE) if on_gpu else contextlib.nullcontext()
 
     @property
     def fell_back(self) -> bool:
@@ -85,7 +96,8 @@ class ModelSession:
         return license_notice(self.spec)
 
     def run(self, feeds: dict[str, Any]) -> list[Any]:
-        return self.session.run(None, feeds)
+        with self._gate:
+            return self.session.run(None, feeds)
 
     @property
     def provider_options(self) -> dict[str, Any]:
@@ -103,8 +115,9 @@ class ModelSession:
             binding.bind_ortvalue_input(name, value)
         for out in self.session.get_outputs():
             binding.bind_output(out.name, "cpu")
-        self.session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()
+        with self._gate:
+            self.session.run_with_iobinding(binding)
+            return binding.copy_outputs_to_cpu()
 
     @property
     def pads_batches(self) -> bool:

@@ -10,6 +10,11 @@ keyed by the model's sha256, the precision and onnxruntime's version) and the fa
 CUDA, reported as such, with onnxruntime's own answers replaced by stand-ins.
 """
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
@@ -20,7 +25,9 @@ from facefleet.models.manifest import get_model
 from facefleet.models.session import (
     CPU,
     CUDA,
+    GPU_CALLS_AT_ONCE,
     TENSORRT,
+    ModelSession,
     create_session,
     free_dims,
     provider_list,
@@ -148,3 +155,32 @@ def test_tensorrt_asked_runs_cuda_when_absent_and_says_so(trt_present, tmp_path,
         assert providers[0][0] == CUDA and model.provider == CUDA and model.fell_back
         assert model.precision == "fp16" and weight_types(data) == {onnx.TensorProto.FLOAT16}  # converted for CUDA
         assert model.label == f"{CUDA} fp16 (TensorRT unavailable)"
+
+
+class SlowSession:
+    """An onnxruntime session stand-in whose calls take a while and count who is inside."""
+
+    def __init__(self):
+        self.inside = 0
+        self.most = 0
+        self.lock = threading.Lock()
+
+    def run(self, outputs, feeds):
+        with self.lock:
+            self.inside += 1
+            self.most = max(self.most, self.inside)
+        time.sleep(0.05)
+        with self.lock:
+            self.inside -= 1
+        return [np.zeros(1)]
+
+
+@pytest.mark.parametrize("provider, most", [(CUDA, GPU_CALLS_AT_ONCE), (TENSORRT, GPU_CALLS_AT_ONCE), (CPU, 6)])
+def test_calls_into_one_gpu_session_are_bounded(provider, most):
+    """Eight enhancer calls at once ran a half-GPU worker out of memory: a GPU session lets
+    GPU_CALLS_AT_ONCE in at a time (they share one CUDA stream); a CPU session all."""
+    fake = SlowSession()
+    model = ModelSession(spec=get_model("centerface"), session=fake, provider=provider, requested=provider)
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda _: model.run({"x": np.zeros(1)}), range(6)))
+    assert fake.most == most
