@@ -3,6 +3,7 @@
 #   bash bench/levers_gpu.sh tests     # the gpu pytest marker (fp16 vs fp32, TensorRT fallback, ...)
 #   bash bench/levers_gpu.sh options   # bench/cuda_options.py: precision, cuDNN search, CUDA graphs per call
 #   bash bench/levers_gpu.sh enhance   # enhance end to end: fp16 and layouts vs the defaults
+#   bash bench/levers_gpu.sh enhance-defaults  # the enhance defaults (2 workers x 8 chunks) vs the old layout, and fp16
 #   bash bench/levers_gpu.sh anonymize # anonymize vs deface with fp16 as a variant (deface importable by python3)
 # Results are copied to $OUT when set.
 set -u
@@ -16,6 +17,10 @@ case "${1:-}" in
     timeout 580 python3 bench/enhance_e2e.py --tag "$tag-levers" --frames 1200 --batches 8,16 --repeat 5 --run-timeout 120 \
       --variant='--precision fp16' --variant='--gpu-share 0.5 --precision fp16' --variant='--gpu-share 0.25 --precision fp16' \
       --variant='--gpu-share 0.5 --chunks-per-worker 8' 2>&1 | grep -E "^\[|frames,|FAILED|failed|faces/s" | tail -25 ;;
+  enhance-defaults)
+    timeout 580 python3 bench/enhance_e2e.py --tag "$tag" --frames 1200 --batches 8,16 --repeat 5 --run-timeout 120 \
+      --variant='--gpu-share 1 --chunks-per-worker 4' --variant='--precision fp16' \
+      2>&1 | grep -E "^\[|frames,|FAILED|failed|faces/s" | tail -25 ;;
   anonymize)
     timeout 580 python3 bench/anonymize_vs_deface.py --width 1920 --height 1080 --frames 1800 --deface-python python3 \
       --tag "$tag-fp16" --variant="--precision fp16" 2>&1 | grep -vE "^\s*$" | tail -14 ;;

@@ -69,7 +69,10 @@ def run(
     ),
     workers: Optional[int] = typer.Option(None, "--workers", help="Workers (default: one per GPU, else one)."),
     chunks_per_worker: Optional[int] = typer.Option(None, "--chunks-per-worker", help="Chunks each worker processes at once (default: one per 4 of its cores on GPU workers, at least 2; 2 on CPU workers).", show_default=False),
-    gpu_share: float = typer.Option(1.0, "--gpu-share", help="GPU fraction per worker; 0.25 runs 4 workers per GPU."),
+    gpu_share: Optional[float] = typer.Option(
+        None, "--gpu-share", help="GPU fraction per worker; 0.25 runs 4 workers per GPU (default 1, or 0.5 when the pipeline has enhance).",
+        show_default=False,
+    ),
     address: Optional[str] = typer.Option(None, "--address", help="Join this Ray cluster instead of starting one."),
     sample_interval: float = typer.Option(0.5, "--sample-interval", help="NVML reporter sampling interval, seconds."),
     gpu_backend: str = typer.Option("auto", "--gpu-backend", help="GPU metrics: auto | real (NVML) | simulated."),

@@ -39,7 +39,7 @@ CORES_PER_CHUNK = 4  # GPU workers: one chunk in flight per this many of the nod
 MAX_AUTO_CHUNKS = 8
 
 
-def auto_chunks_per_worker(cluster: ClusterInfo, workers: int, on_gpus: bool) -> int:
+def auto_chunks_per_worker(cluster: ClusterInfo, workers: int, on_gpus: bool, gpu_heavy: bool = False) -> int:
     """Chunks a worker processes at once when the user does not say.
 
     An anonymize chunk is bound by its x264 encoder, whose frame threads keep only a few
@@ -47,24 +47,35 @@ def auto_chunks_per_worker(cluster: ClusterInfo, workers: int, on_gpus: bool) ->
     the H100 machine (16 cores, one worker, 1080p, 1800 frames) 2 chunks ran 108 fps,
     4 chunks 119 fps, 8 chunks no better than 4 (bench/speed_sweep_gpu.sh, 2026-11-24).
     So one chunk per CORES_PER_CHUNK cores of the worker's share of its node, at least
-    MAX_IN_FLIGHT. CPU workers spend their cores on the models and keep MAX_IN_FLIGHT.
+    MAX_IN_FLIGHT. A GPU-heavy pipeline (enhance) keeps the GPU busy only with more chunks
+    in flight, each waiting on the model in turn: one per core (see HEAVY_GPU_SHARE).
+    CPU workers spend their cores on the models and keep MAX_IN_FLIGHT.
     """
     if not on_gpus:
         return MAX_IN_FLIGHT
     nodes = max(cluster.nodes, 1)
     cores_per_worker = cluster.cpus / nodes / max(1, -(-workers // nodes))
-    return max(MAX_IN_FLIGHT, min(MAX_AUTO_CHUNKS, int(cores_per_worker // CORES_PER_CHUNK)))
+    per_chunk = 1 if gpu_heavy else CORES_PER_CHUNK
+    return max(MAX_IN_FLIGHT, min(MAX_AUTO_CHUNKS, int(cores_per_worker // per_chunk)))
+
+
+# GPU share per worker of a GPU-heavy pipeline when the user does not say. enhance with a
+# GFPGAN-size model on the H100 machine (16 cores, 1080p, 1200 frames, 4 faces a frame,
+# bench/results/enhance_e2e_h100-levers.md): one worker with 4 chunks 186 faces/s, GPU 78 %
+# busy; two workers with 8 chunks each 204 faces/s, GPU 97.5 % (the model alone: 214).
+HEAVY_GPU_SHARE = 0.5
 
 
 def plan_pool(
     cluster: ClusterInfo,
     workers: int | None = None,
     chunks_per_worker: int | None = None,
-    gpu_share: float = 1.0,
+    gpu_share: float | None = None,
+    gpu_heavy: bool = False,
 ) -> PoolPlan:
-    """1/gpu_share workers per GPU (one by default, num_gpus=1); with no GPU, `workers` CPU
-    workers (default one per node) sharing the CPUs. `chunks_per_worker` None: see
-    `auto_chunks_per_worker`.
+    """1/gpu_share workers per GPU (None: one, or 1/HEAVY_GPU_SHARE for a `gpu_heavy`
+    pipeline; num_gpus=1/that); with no GPU, `workers` CPU workers (default one per node)
+    sharing the CPUs. `chunks_per_worker` None: see `auto_chunks_per_worker`.
 
     A light pipeline is bound by the CPU work around the detector, which one Python process
     does not spread over many cores: on one H100 with 16 cores, anonymize ran 73 fps with
@@ -73,6 +84,8 @@ def plan_pool(
     """
     if chunks_per_worker is not None and chunks_per_worker < 1:
         raise ClusterError("--chunks-per-worker must be at least 1")
+    if gpu_share is None:
+        gpu_share = HEAVY_GPU_SHARE if gpu_heavy else 1.0
     if not 0 < gpu_share <= 1:
         raise ClusterError("--gpu-share must be in (0, 1]: 0.5 runs two workers per GPU")
     if cluster.gpus > 0:
@@ -92,7 +105,7 @@ def plan_pool(
         cpus = int(cpus) if cpus >= 1 else round(cpus, 2)
         gpus_per_worker = 0
     if chunks_per_worker is None:
-        chunks_per_worker = auto_chunks_per_worker(cluster, count, on_gpus=cluster.gpus > 0)
+        chunks_per_worker = auto_chunks_per_worker(cluster, count, on_gpus=cluster.gpus > 0, gpu_heavy=gpu_heavy)
     return PoolPlan(
         count, gpus_per_worker, cpus, chunks_per_worker, media_threads(cluster, count, chunks_per_worker), elastic=elastic
     )

@@ -17,7 +17,7 @@ from facefleet.report.console import RichProgress, print_summary
 class PoolOptions:
     workers: int | None = None
     chunks_per_worker: int | None = None  # None: auto (cluster.pool.auto_chunks_per_worker)
-    gpu_share: float = 1.0
+    gpu_share: float | None = None  # None: cluster.pool.plan_pool picks (1, or 0.5 for GPU-heavy pipelines)
     sample_interval: float = 0.5  # NVML reporter sampling, seconds
     monitor: bool = True  # False: no NVML reporters and no GPU samples (to measure monitoring's overhead)
     gpu_backend: str = "auto"  # auto | real | simulated
@@ -78,7 +78,8 @@ def run_specs(
         print_summary(planned)
         return planned
     with ray_session(address) as cluster:
-        plan = plan_pool(cluster, options.workers, options.chunks_per_worker, options.gpu_share)
+        heavy = any(spec.pipeline.gpu_heavy for spec in specs)
+        plan = plan_pool(cluster, options.workers, options.chunks_per_worker, options.gpu_share, gpu_heavy=heavy)
         where = "embedded Ray (127.0.0.1)" if cluster.embedded else f"Ray at {address or 'the current session'}"
         kind = f"{plan.workers} GPU worker(s)" if plan.gpus_per_worker else f"{plan.workers} CPU worker(s)"
         console.print(f"{where}: {cluster.nodes} node(s), {cluster.cpus} CPUs, {cluster.gpus} GPUs; {kind}", highlight=False)
@@ -138,7 +139,8 @@ def serve_jobs(
             port = metrics.serve(metrics_port, metrics_host)
             console.print(f"metrics: http://{metrics_host}:{port}/metrics", highlight=False)
         with ray_session(address) as cluster:
-            plan = plan_pool(cluster, options.workers, options.chunks_per_worker, options.gpu_share)
+            heavy = pipeline is not None and pipeline.gpu_heavy
+            plan = plan_pool(cluster, options.workers, options.chunks_per_worker, options.gpu_share, gpu_heavy=heavy)
             reporters = start_reporters(options.sample_interval, options.gpu_backend, name_prefix=REPORTER_PREFIX, wait=False)
             pool = None
             controller = None

@@ -95,6 +95,12 @@ class PipelineSpec:
         return any(step in VIDEO_STEPS for step in self.steps)
 
     @property
+    def gpu_heavy(self) -> bool:
+        """Whether a GPU spends most of its time in this pipeline's models (a restoration
+        model per face) rather than waiting on the CPU's decode and encode."""
+        return "enhance" in self.steps
+
+    @property
     def writes_table(self) -> bool:
         return "analyze" in self.steps
 
