@@ -60,9 +60,10 @@ def auto_chunks_per_worker(cluster: ClusterInfo, workers: int, on_gpus: bool, gp
 
 
 # GPU share per worker of a GPU-heavy pipeline when the user does not say. enhance with a
-# GFPGAN-size model on the H100 machine (16 cores, 1080p, 1200 frames, 4 faces a frame,
-# bench/results/enhance_e2e_h100-levers.md): one worker with 4 chunks 186 faces/s, GPU 78 %
-# busy; two workers with 8 chunks each 204 faces/s, GPU 97.5 % (the model alone: 214).
+# GFPGAN-size model on the H100 machine (16 cores, 1080p, 1200 frames, 4 faces a frame),
+# two runs: one worker with 4 chunks 186 and 203 faces/s, GPU 78 and 84 % busy; two
+# workers with 8 chunks each 204 and 202 faces/s, GPU 97.5 and 96 % (the model alone:
+# 214-222; bench/results/enhance_e2e_h100-levers.md, enhance_e2e_h100.md).
 HEAVY_GPU_SHARE = 0.5
 
 
