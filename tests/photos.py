@@ -39,3 +39,16 @@ def assert_same_detections(a, b, pixels: float = 1.0, score: float = 0.02) -> No
         np.testing.assert_allclose(x.boxes[order_x], y.boxes[order_y], atol=pixels)
         np.testing.assert_allclose(x.landmarks[order_x], y.landmarks[order_y], atol=pixels)
         np.testing.assert_allclose(x.scores[order_x], y.scores[order_y], atol=score)
+
+
+def assert_sessions_find_the_same_faces(a, b, data_dir: Path, detect_size: int = 640) -> None:
+    """Two detector sessions (e.g. fp32 and fp16) find the same faces on every test photo,
+    boxes and landmarks within 1 px; the photos have faces, so boxes were compared."""
+    from facefleet.pipeline.detect import FaceDetector
+
+    found = 0
+    for frames in test_photos(data_dir).values():
+        first = FaceDetector(a, detect_size).detect(frames)
+        assert_same_detections(first, FaceDetector(b, detect_size).detect(frames), pixels=1.0, score=0.02)
+        found += sum(len(x) for x in first)
+    assert found >= 8

@@ -83,19 +83,13 @@ def test_cuda_detector_preprocesses_on_the_gpu(data_dir):
 
 def test_fp16_on_cuda_finds_the_same_faces_as_fp32(data_dir):
     """Real half-precision arithmetic on the GPU: same faces, boxes and landmarks within 1 px."""
-    from photos import assert_same_detections, test_photos
+    from photos import assert_sessions_find_the_same_faces
 
     for name in ("centerface", "yunet"):
         fp32 = create_session(get_model(name), provider="cuda")
         fp16 = create_session(get_model(name), provider="cuda", precision="fp16")
         assert fp16.provider == CUDA and fp16.precision == "fp16" and fp16.label == f"{CUDA} fp16"
-        found = 0
-        for frames in test_photos(data_dir).values():
-            a = FaceDetector(fp32, 640).detect(frames)
-            b = FaceDetector(fp16, 640).detect(frames)
-            assert_same_detections(a, b, pixels=1.0, score=0.02)
-            found += sum(len(x) for x in a)
-        assert found >= 8
+        assert_sessions_find_the_same_faces(fp32, fp16, data_dir)
 
 
 def test_tensorrt_asked_without_tensorrt_runs_on_cuda():

@@ -36,9 +36,8 @@ from facefleet.models.session import (
     to_fp16,
 )
 from facefleet.models.store import ModelStore
-from facefleet.pipeline.detect import FaceDetector
 from facefleet.pipeline.spec import PipelineSpec
-from photos import assert_same_detections, test_photos
+from photos import assert_sessions_find_the_same_faces
 
 
 def shipped_bytes(name: str) -> bytes:
@@ -61,13 +60,7 @@ def test_fp16_detectors_find_the_same_faces_as_fp32(name, data_dir):
     fp16 = create_session(get_model(name), provider="cpu", precision="fp16")
     assert (fp32.precision, fp16.precision) == ("fp32", "fp16")
     assert fp16.label == f"{CPU} fp16" and fp32.label == CPU
-    found = 0
-    for frames in test_photos(data_dir).values():
-        a = FaceDetector(fp32, 640).detect(frames)
-        b = FaceDetector(fp16, 640).detect(frames)
-        assert_same_detections(a, b, pixels=1.0, score=0.02)
-        found += sum(len(x) for x in a)
-    assert found >= 8  # the photos have faces: boxes were compared
+    assert_sessions_find_the_same_faces(fp32, fp16, data_dir)
 
 
 def test_unknown_precision_and_provider_are_refused():
