@@ -65,8 +65,7 @@ class ModelSession:
     _gate: Any = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
-        on_gpu = self.provider in GPU_PROVIDERS
-        self._gate = threading.BoundedSemaphore(GPU_CALLS_AT_ONCE) if on_gpu else contextlib.nullcontext()
+        self._gate = threading.BoundedSemaphore(GPU_CALLS_AT_ONCE) if self.on_gpu else contextlib.nullcontext()
 
     @property
     def fell_back(self) -> bool:

@@ -119,7 +119,7 @@ class Processor:
     @property
     def providers(self) -> dict[str, str]:
         """Stage name -> execution provider actually running it ("... fp16" in half precision)."""
-        return {stage: getattr(session, "label", session.provider) for stage, session in self.sessions.items()}
+        return {stage: session.label for stage, session in self.sessions.items()}
 
     @property
     def checks(self) -> dict[str, str]:
