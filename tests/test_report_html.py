@@ -20,12 +20,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
-from facefleet.report.html import nice_ticks, render_cluster_report, render_job_report
-from facefleet.report.tables import SampleLog, write_job_data
+from facefleet.jobs.spec import ChunkResult
+from facefleet.report.html import WIDTH, JobView, gantt_chart, nice_ticks, render_cluster_report, render_job_report
+from facefleet.report.tables import CHUNKS_FILE, SampleLog, chunk_row, read_job_data, write_job_data
 
-from test_report_tables import sample, synthetic_job
+from test_report_tables import T0, sample, synthetic_job, task, worker
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome", "headless_shell")
 
@@ -96,6 +98,130 @@ def test_cluster_report_reads_the_sample_log_between_jobs(state, tmp_path):
     SampleLog(log_state).append([sample(now - 3000 + t, 7, "node-z", util=0.0) for t in range(0, 600, 2)])
     text = render_cluster_report(log_state, 3600, tmp_path / "c.html").read_text()
     assert "node-z" in text and "10.0 min" in text  # the log's GPU sat idle for 10 minutes
+
+
+# --------------------------------------------------------------------------- chunks per worker
+
+
+def timed_chunk(index: int, worker_id: int, start: float, stages: dict, total: float, back: float = 0.05) -> dict:
+    """A chunk row whose stages worked at known times: `stages` maps a stage to (busy
+    seconds, first, last), the times in seconds after `start`; no stages: an older row."""
+    seconds = {stage: busy for stage, (busy, _, _) in stages.items()} | {"total": total}
+    result = ChunkResult("job", index, "", 50, 10, seconds, worker_id, {"detect": "CUDA", "landmarks": "CUDA"},
+                         started=start, batch_size=8,
+                         stage_times={stage: (start + a, start + b) for stage, (_, a, b) in stages.items()})
+    return chunk_row(task(index), result, worker(worker_id, worker_id), 1, start + total + back)
+
+
+PIPELINED = {"decode": (0.5, 0.0, 0.6), "detect": (0.3, 0.2, 0.9), "landmarks": (0.1, 0.25, 0.95),
+             "anonymize": (0.1, 0.3, 1.0), "encode": (0.4, 0.4, 1.1)}  # total 1.2: nothing works 1.1 to 1.2
+GAPPED = {"decode": (0.3, 0.0, 0.3), "detect": (0.2, 0.5, 0.8), "encode": (0.3, 0.55, 0.9)}  # nothing 0.3 to 0.5
+
+
+def gantt_of(job_dir: Path, rows: list[dict]) -> str:
+    """The Gantt of a job of `rows` without GPU samples that ran from T0 to T0 + 10 s: its
+    time axis starts at 0 (T0)."""
+    job = {"job_id": "job", "name": "timed", "state": "done", "created": T0, "started": T0, "finished": T0 + 10}
+    write_job_data(job_dir, job, rows, [], None)
+    return gantt_chart(JobView.of(read_job_data(job_dir)))
+
+
+def px(t: float) -> float:
+    """Where Unix time `t` falls on gantt_of's charts: the plot spans T0..T0 + 10 s between
+    170 (left margin) and WIDTH - 16 (right margin)."""
+    return 170 + (t - T0) / 10 * (WIDTH - 170 - 16)
+
+
+def marks(svg: str, **attrs: str) -> list[dict]:
+    """The rects of `svg` whose attributes include `attrs` (data_chunk= for data-chunk=),
+    with x, y, width and height as floats, in drawing order."""
+    out = []
+    for tag in re.findall(r"<rect [^>]*>(?:<title>[^<]*</title>)?", svg):
+        found = dict(re.findall(r'([\w-]+)="([^"]*)"', tag))
+        found["title"] = "".join(re.findall(r"<title>([^<]*)</title>", tag))
+        if all(found.get(k.replace("_", "-")) == v for k, v in attrs.items()):
+            out.append(found | {k: float(found[k]) for k in ("x", "y", "width", "height") if k in found})
+    return out
+
+
+def timed_job(job_dir: Path, chunks: int = 16, workers: int = 2) -> dict:
+    """A job whose chunks recorded their stage times, two in flight per worker, one chunk
+    from an older worker (no times), GPU samples every half second; returns the summary."""
+    rows, free = [], [T0 + 0.5] * (2 * workers)
+    for i in range(chunks):
+        slot = min(range(len(free)), key=lambda k: free[k])
+        slow = 1.0 + 0.4 * (i % 3)  # chunks of uneven cost
+        stages = {stage: (busy * slow, a * slow, b * slow) for stage, (busy, a, b) in PIPELINED.items()}
+        rows.append(timed_chunk(i, slot % workers, free[slot], {} if i == 5 else stages, 1.2 * slow))
+        free[slot] += 1.2 * slow + 0.3
+    end = max(free) + 0.5
+    samples = [sample(t, g, "node-a", 70.0 + 10 * g) for t in np.arange(T0, end, 0.5) for g in range(workers)]
+    job = {"job_id": "job", "name": "timed", "state": "done", "created": T0, "started": T0, "finished": end}
+    return write_job_data(job_dir, job, rows, samples, 2.5)
+
+
+def test_gantt_draws_each_stage_at_its_recorded_times_in_stacked_lanes(tmp_path):
+    rows = [timed_chunk(0, 0, T0 + 1, PIPELINED, 1.2), timed_chunk(1, 0, T0 + 3, GAPPED, 1.0),
+            timed_chunk(2, 1, T0 + 2, PIPELINED, 1.2)]
+    svg = gantt_of(tmp_path / "job", rows)
+    assert "lack recorded stage times" not in svg and "data-share" not in svg
+    for chunk, start, stages in ((0, T0 + 1, PIPELINED), (1, T0 + 3, GAPPED), (2, T0 + 2, PIPELINED)):
+        groups = {"decode": "decode", "detect": "detect", "landmarks": "gpu_other", "anonymize": "cpu_post",
+                  "encode": "encode"}
+        for stage, (_, a, b) in stages.items():
+            [bar] = marks(svg, data_chunk=str(chunk), data_stage=groups[stage])
+            assert bar["x"] == pytest.approx(px(start + a), abs=0.01), (chunk, stage)
+            assert bar["width"] == pytest.approx(px(start + b) - px(start + a), abs=0.02), (chunk, stage)
+    # the stages of chunk 0 overlap in time and are all drawn, each in its own lane of the chunk's bar
+    lanes = {stage: marks(svg, data_chunk="0", data_stage=stage)[0]
+             for stage in ("decode", "detect", "gpu_other", "cpu_post", "encode")}
+    [bare] = marks(svg, data_chunk="0", data_stage="none")
+    ys = [lanes[s]["y"] for s in ("decode", "detect", "gpu_other", "cpu_post", "encode")]
+    assert ys == sorted(ys) and len(set(ys)) == 5  # stacked top to bottom, none on another
+    assert all(bare["y"] <= lane["y"] and lane["y"] + lane["height"] <= bare["y"] + bare["height"]
+               for lane in lanes.values())
+    assert lanes["decode"]["x"] + lanes["decode"]["width"] > lanes["encode"]["x"]  # decode and encode overlap
+    assert "landmarks 0.25–0.95 s" in lanes["gpu_other"]["title"] and "working 0.10 s" in lanes["gpu_other"]["title"]
+    # the chunk's bar, bare where no stage works, from its start to its end on the worker, then the return
+    assert (bare["x"], bare["width"]) == (pytest.approx(px(T0 + 1), abs=0.01),
+                                          pytest.approx(px(T0 + 2.2) - px(T0 + 1), abs=0.02))
+    [back] = marks(svg, data_chunk="0", data_stage="return")
+    assert back["x"] == pytest.approx(px(T0 + 2.2), abs=0.01)
+    # chunk 1 waited from 0.3 s to 0.5 s: no lane covers that stretch, the bare bar does
+    stages = [m for m in marks(svg, data_chunk="1") if m.get("data-stage") not in ("none", "return")]
+    assert len(stages) == 3
+    assert all(m["x"] + m["width"] <= px(T0 + 3.3) + 0.01 or m["x"] >= px(T0 + 3.5) - 0.01 for m in stages)
+    [bare] = marks(svg, data_chunk="1", data_stage="none")
+    assert bare["x"] < px(T0 + 3.3) and bare["x"] + bare["width"] > px(T0 + 3.5)
+    # the legend names the lanes in the report's stage colours
+    for label, color in (("decode (CPU thread)", "#4e79a7"), ("detect (GPU)", "#f28e2b"),
+                         ("encode (CPU thread)", "#59a14f"), ("waiting (no stage working)", "#bab0ac")):
+        assert f'<i style="background:{color}"></i>{label}' in svg, label
+    assert lanes["detect"]["fill"] == "#f28e2b" and lanes["encode"]["fill"] == "#59a14f"
+
+
+def test_gantt_splits_chunks_without_recorded_times_by_shares_and_says_so(tmp_path):
+    rows = [timed_chunk(0, 0, T0 + 1, PIPELINED, 1.2), timed_chunk(1, 0, T0 + 3, {}, 1.0),
+            timed_chunk(2, 1, T0 + 2, PIPELINED, 1.2)]
+    assert rows[1]["decode_start"] is None  # an older worker's chunk: no stage times
+    svg = gantt_of(tmp_path / "mixed", rows)
+    assert "1 of 3 chunks lack recorded stage times (older data)" in svg
+    assert len(marks(svg, data_chunk="0", data_stage="detect")) == 1  # the others keep their times
+    assert not marks(svg, data_chunk="1", data_stage="detect") and not marks(svg, data_chunk="1", data_stage="none")
+    pieces = [m for m in marks(svg, data_chunk="1") if "data-share" in m]
+    assert pieces and pieces[0]["x"] == pytest.approx(px(T0 + 3), abs=0.01)
+    assert sum(m["width"] for m in pieces) == pytest.approx(px(T0 + 4) - px(T0 + 3), abs=0.05)
+    assert "waiting for decode" in svg  # the share legend is there too
+
+    # a chunks.parquet of schema 1 has no stage time columns at all
+    old = tmp_path / "old"
+    gantt_of(old, rows)
+    table = pq.read_table(old / CHUNKS_FILE)
+    pq.write_table(table.drop_columns([c for c in table.column_names if c.endswith(("_start", "_end", "_started",
+                                                                                     "_ended"))]), old / CHUNKS_FILE)
+    svg = gantt_chart(JobView.of(read_job_data(old)))
+    assert "3 of 3 chunks lack recorded stage times" in svg and 'data-stage="detect"' not in svg
+    assert "waiting (no stage working)" not in svg and len([m for m in marks(svg) if "data-share" in m]) >= 9
 
 
 # --------------------------------------------------------------------------- in a browser
@@ -234,8 +360,10 @@ def test_reports_draw_in_a_browser_without_console_errors(state, browser, tmp_pa
     keep = os.environ.get("FACEFLEET_SCREENSHOT_DIR")
     shots = Path(keep) if keep else tmp_path
     shots.mkdir(parents=True, exist_ok=True)
+    timed_job(tmp_path / "timed")
     pages = {
         "job": render_job_report(state / "jobs" / "a", tmp_path / "job.html"),
+        "job-timed": render_job_report(tmp_path / "timed", tmp_path / "job-timed.html"),
         "cluster": render_cluster_report(state, 48 * 3600, tmp_path / "cluster.html"),
     }
     for name, page in pages.items():

@@ -28,7 +28,9 @@ from facefleet.media.files import atomic_output
 from facefleet.report.diagnose import MEMORY_NEAR, Finding, diagnose
 from facefleet.report.tables import (
     IDLE_UTIL_PCT,
+    PROCESSING_COLUMNS,
     SAMPLES_SCHEMA,
+    STAGE_GROUPS,
     GpuSeries,
     JobData,
     SampleLog,
@@ -36,6 +38,7 @@ from facefleet.report.tables import (
     gpu_stats,
     job_dirs,
     read_job_data,
+    stage_group,
 )
 
 WIDTH = 1000  # SVG user units; the figures scale to the page
@@ -484,18 +487,58 @@ def lanes(spans: list[tuple[float, float]]) -> list[int]:
     return out
 
 
+SPAN_LANES = tuple((column[: -len("_s")], label, color) for column, label, color in STAGES
+                   if column[: -len("_s")] in STAGE_GROUPS)  # (stage group, label, colour), top to bottom
+BARE = STAGE_COLOR["waiting_s"]  # a chunk's bar where none of the lanes' stages is working
+
+
+def stage_spans(r: dict) -> list[tuple[str, float, float, str]]:
+    """(stage group, start, end, what ran) for each stage group with recorded times in the
+    chunk row `r` (empty for rows written before schema 2); `what ran` names the worker's
+    stages in the group with their own spans, in seconds since the chunk started."""
+    started, ended = dict(r.get("stage_started") or ()), dict(r.get("stage_ended") or ())
+    models = {kv.split("=", 1)[0] for kv in (r.get("providers") or "").split(",") if kv}
+    out = []
+    for group, _, _ in SPAN_LANES:
+        start, end = r.get(f"{group}_start"), r.get(f"{group}_end")
+        if start is None or end is None:
+            continue
+        parts = [f"{stage} {started[stage] - r['started']:.2f}–{ended[stage] - r['started']:.2f} s"
+                 for stage in sorted(started, key=started.get)
+                 if stage in ended and stage_group(stage, models) == f"{group}_s"]
+        out.append((group, start, end, ", ".join(parts)))
+    return out
+
+
 def gantt_chart(view: JobView) -> str:
+    """A row per chunk on its worker's rows. A chunk with recorded stage times (schema 2)
+    gets a thin lane per stage group inside its bar, drawn from the group's first to its
+    last time on the chunk (the lanes overlap in time: decode and encode threads run
+    beside the processing thread); the bar shows bare where no stage worked. A chunk
+    without them (older files) is split by each stage's share of its time, as before."""
     if not view.rows:
         return '<p class="note">No chunks finished.</p>'
+    spans = {id(r): stage_spans(r) for r in view.rows}
+    timed = {group for found in spans.values() for group, *_ in found}
+    shown = [lane for lane in SPAN_LANES if lane[0] in timed]  # lanes that some chunk of the job has
+    untimed = sum(1 for r in view.rows if not spans[id(r)])
+    row_of = {group: k for k, (group, _, _) in enumerate(shown)}
+    labels = {group: label for group, label, _ in shown}
+    stripe = 4  # px per stage lane
+    bar_px = max(13, len(shown) * stripe + 2)
+    lane_px, gap = bar_px + 3, 10
     workers = sorted({r["worker_id"] for r in view.rows})
     layout: dict[int, tuple[list[dict], list[int]]] = {}
     for w in workers:
         mine = [r for r in view.rows if r["worker_id"] == w]
         layout[w] = (mine, lanes([(r["started"], r["ended"]) for r in mine]))
-    lane_px, gap = 16, 10
     heights = {w: (max(layout[w][1]) + 1) * lane_px for w in workers}
     plot_h = sum(heights.values()) + gap * (len(workers) + 1)
-    chart = view.chart("gantt", (0, 1), "", height=plot_h + 56, left=170, top=14, y_ticks=[])
+    note_px = 16 if untimed else 0
+    chart = view.chart("gantt", (0, 1), "", height=plot_h + 56 + note_px, left=170, top=14 + note_px, y_ticks=[])
+    if untimed:
+        chart.text(chart.left, 12, f"{untimed} of {len(view.rows)} chunks lack recorded stage times (older data): "
+                   "their bars are split by stage shares, not drawn at the stages' times.", cls="note")
     y = chart.top + gap
     for w in workers:
         mine, lane_of = layout[w]
@@ -511,21 +554,40 @@ def gantt_chart(view: JobView) -> str:
                    f"{r['detect_s']:.2f} s, other GPU {r['gpu_other_s']:.2f} s, CPU post {r['cpu_post_s']:.2f} s, "
                    f"encode {r['encode_s']:.2f} s, waiting {r['waiting_s']:.2f} s, return {r['return_s']:.2f} s; "
                    f"batch {r['batch_size']}, attempts {r['attempts']}")
-            segments = chunk_segments(r)
-            stretch = total / max(total, sum(seconds for _, _, seconds in segments))
-            for _, color, seconds in segments:
-                if seconds > 0:
-                    chart.rect(x, x + seconds * stretch, top, top + lane_px - 3, color, px=True)
-                    x += seconds * stretch
-            chart.rect(x, x + r["return_s"], top, top + lane_px - 3, STAGE_COLOR["return_s"], px=True)
-            # one tooltip for the whole bar, on a transparent cover
-            chart.rect(r["started"] - view.t0, r["ended"] - view.t0, top, top + lane_px - 3, "transparent", tip,
-                       px=True)
+            chunk = f'data-chunk="{r["chunk"]}"'
+            if spans[id(r)]:
+                chart.rect(x, r["finished"] - view.t0, top, top + bar_px, BARE, tip, px=True,
+                           extra=f'{chunk} data-stage="none"')
+                for group, start, end, parts in spans[id(r)]:
+                    a = top + 1 + row_of[group] * stripe
+                    chart.rect(start - view.t0, end - view.t0, a, a + stripe, STAGE_COLOR[f"{group}_s"],
+                               f"chunk {r['chunk']}, {labels[group]}: {start - r['started']:.2f}–"
+                               f"{end - r['started']:.2f} s after the chunk started, working {r[f'{group}_s']:.2f} s "
+                               f"of those {end - start:.2f} s" + (f" ({parts})" if parts else ""),
+                               px=True, extra=f'{chunk} data-stage="{group}"')
+                x = r["finished"] - view.t0
+            else:
+                segments = chunk_segments(r)
+                stretch = total / max(total, sum(seconds for _, _, seconds in segments))
+                for name, color, seconds in segments:
+                    if seconds > 0:
+                        chart.rect(x, x + seconds * stretch, top, top + bar_px, color, px=True,
+                                   extra=f'{chunk} data-share="{_e(name)}"')
+                        x += seconds * stretch
+                # one tooltip for the whole bar, on a transparent cover
+                chart.rect(r["started"] - view.t0, r["ended"] - view.t0, top, top + bar_px, "transparent", tip,
+                           px=True)
+            chart.rect(x, x + r["return_s"], top, top + bar_px, STAGE_COLOR["return_s"],
+                       f"chunk {r['chunk']}: return to controller {r['return_s']:.2f} s", px=True,
+                       extra=f'{chunk} data-stage="return"')
         y += heights[w] + gap
-    items = [("detect (GPU)", STAGE_COLOR["detect_s"]), ("other GPU stages", STAGE_COLOR["gpu_other_s"]),
-             ("CPU post", STAGE_COLOR["cpu_post_s"]), ("waiting for decode", WAIT_DECODE),
-             ("waiting for encode", WAIT_ENCODE), ("waiting", STAGE_COLOR["waiting_s"]),
-             ("return to controller", STAGE_COLOR["return_s"])]
+    items = [(label, color) for _, label, color in shown]
+    if untimed:  # the processing thread's stages that a share-split bar shows
+        items += [(label, color) for column, label, color in STAGES
+                  if column in PROCESSING_COLUMNS and (label, color) not in items]
+        items += [("waiting for decode", WAIT_DECODE), ("waiting for encode", WAIT_ENCODE)]
+    items += [("waiting (no stage working)" if shown else "waiting", BARE),
+              ("return to controller", STAGE_COLOR["return_s"])]
     return legend(items) + chart.svg()
 
 
@@ -645,9 +707,11 @@ def job_report_html(data: JobData) -> str:
                 "One line per GPU; triangles on top mark where each chunk ended (in its GPU's colour)."),
         section("GPU memory over time", memory_chart(view)),
         section("Chunks per worker", gantt_chart(view),
-                "Each bar is one chunk, from its start on the worker to the controller having its result, split by "
-                "how its processing thread spent the time (shares, not order). Decoding and encoding run on their "
-                "own threads alongside; when the processing thread waits, the slower of the two is named."),
+                "Each bar is one chunk, from its start on the worker to the controller having its result. The thin "
+                "lanes inside it show when each stage worked on the chunk, from its first to its last call (hover "
+                "for its busy time): decoding and encoding run on their own threads beside the GPU stages, so lanes "
+                "overlap; where the bar shows bare, no stage was working. Chunks of older jobs, without recorded "
+                "stage times, are split by each stage's share of the time instead."),
         section("Time per stage", stage_chart(view),
                 "Decode and encode run on their own threads, overlapping the processing thread (detect, other GPU "
                 "stages, CPU post, waiting): a bar longer than the GPU stages is a CPU limit."),
