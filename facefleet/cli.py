@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Optional
@@ -102,11 +103,16 @@ def run(
     preset: str = typer.Option("veryfast", "--output-video-preset", help="x264 preset."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     state_dir: Optional[str] = typer.Option(
-        None, "--state-dir", help="Keep the run, with all its settings, in this job store, so that a run that dies can be "
-        "finished with --resume (progress as the controller logs it)."
+        None, "--state-dir", help="The job store that keeps the run, with all its settings, so that a run that dies is "
+        "finished by --resume (default: a new store per run under $FACEFLEET_STATE or ~/.local/state/facefleet, in runs/).",
+        show_default=False,
+    ),
+    no_state: bool = typer.Option(
+        False, "--no-state", help="Keep nothing: no job store, no job report data; a run that dies starts over."
     ),
     resume: bool = typer.Option(
-        False, "--resume", help="Finish every unfinished run and job in --state-dir (default state dir without it); no inputs."
+        False, "--resume", help="Finish the unfinished runs kept in --state-dir (without it: every unfinished run in the "
+        "default store's runs/); no inputs."
     ),
 ) -> None:
     """Anonymize, enhance, debug or analyze faces in videos and images on Ray."""
@@ -120,10 +126,8 @@ def run(
     if resume:
         if inputs:
             raise FacefleetError("--resume finishes the runs kept in --state-dir: give no inputs")
-        from facefleet.jobs.session import run_durable
-
-        rows = run_durable([], _state(state_dir), address, _pool_options(workers, chunks_per_worker, gpu_share, gpu_backend, sample_interval, stall_timeout), err, resume=True)
-        if any(state != "done" for _, _, state, _ in rows):
+        options = _pool_options(workers, chunks_per_worker, gpu_share, gpu_backend, sample_interval, stall_timeout)
+        if not _resume_runs(state_dir, address, options, progress=not quiet):
             raise typer.Exit(1)
         return
     if not inputs:
@@ -184,16 +188,57 @@ def run(
         idle_timeout_s=idle_timeout,
         stall_timeout_s=_stall(stall_timeout),
     )
-    if state_dir is not None:
+    if no_state:
+        if state_dir is not None:
+            raise FacefleetError("--no-state and --state-dir: give one")
+        outcomes = run_specs(specs, address, pool, err, progress=not quiet)
+    else:
         from facefleet.jobs.session import run_durable
 
-        rows = run_durable(specs, _state(state_dir), address, pool, err)
-        if any(state != "done" for _, _, state, _ in rows):
-            raise typer.Exit(1)
-        return
-    outcomes = run_specs(specs, address, pool, err, progress=not quiet)
+        run_id = new_job_id()
+        state = Path(state_dir) if state_dir else _run_store(run_id)
+        outcomes = run_durable(specs, state, address, pool, err, progress=not quiet, job_id=run_id)
+        if not any(o.job_id.startswith(f"{run_id}-") for o in outcomes):  # every input refused: nothing stored
+            if state_dir is None:
+                with contextlib.suppress(OSError):
+                    state.rmdir()
+        else:
+            err.print(
+                f"run kept as job {run_id} in {state} (report: facefleet report {run_id} --state-dir {state} -o report.html)",
+                markup=False, highlight=False, soft_wrap=True,
+            )
     if not all(o.ok for o in outcomes):
         raise typer.Exit(1)
+
+
+def _run_store(run_id: str) -> Path:
+    """A new run's own job store: runs/<run id> in the default state dir, so that runs at
+    once never wait on each other's store (nor on a `facefleet serve` there)."""
+    from facefleet.jobs.submit import default_state_dir
+
+    path = default_state_dir() / "runs" / run_id
+    try:
+        path.mkdir(parents=True, exist_ok=False, mode=0o700)
+    except OSError as exc:
+        raise FacefleetError(f"cannot keep the run in {path} ({exc.strerror}): give --state-dir DIR, or --no-state") from None
+    return path
+
+
+def _resume_runs(state_dir: Optional[str], address, options, progress: bool) -> bool:
+    """`run --resume`: the store given, or every unfinished run store; True when all ended done."""
+    from facefleet.jobs.session import run_durable, unfinished_runs
+    from facefleet.jobs.submit import default_state_dir
+
+    stores = [Path(state_dir)] if state_dir else unfinished_runs(default_state_dir() / "runs")
+    if not stores:
+        err.print(f"no unfinished run in {default_state_dir() / 'runs'}", markup=False, highlight=False, soft_wrap=True)
+        return True
+    ok = True
+    for state in stores:
+        err.print(f"resuming the run kept in {state}", markup=False, highlight=False, soft_wrap=True)
+        outcomes = run_durable([], state, address, options, err, resume=True, progress=progress)
+        ok = ok and all(o.ok for o in outcomes)
+    return ok
 
 
 def _numbers(option: str, text: str, kind, count: int | None = None) -> tuple:

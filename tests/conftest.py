@@ -11,6 +11,13 @@ from facefleet.samples import SampleSpec, make_sample_video
 DATA = Path(__file__).parent / "data"
 
 
+@pytest.fixture(autouse=True)
+def _state_dir(tmp_path_factory, monkeypatch):
+    """`facefleet run` keeps every run in a job store under the default state dir: the
+    tests' runs (and the processes they start) keep theirs in a temporary one."""
+    monkeypatch.setenv("FACEFLEET_STATE", str(tmp_path_factory.mktemp("state")))
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     return DATA

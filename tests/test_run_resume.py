@@ -1,11 +1,14 @@
-"""`facefleet run --state-dir`: a one-shot run kept in the job store; SIGKILLed mid-run,
-`facefleet run --resume` finishes it with the chunks done before the kill kept, and the
-output has the frames of a run that was never interrupted."""
+"""`facefleet run` keeps every run in a job store (its own under the default state dir,
+or --state-dir); SIGKILLed mid-run, `facefleet run --resume` finishes it with the chunks
+done before the kill kept, and the output has the frames of a run that was never
+interrupted and kept nothing (--no-state)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -21,50 +24,71 @@ from test_jobs import FACEFLEET, cli, done_chunks, kill_group
 VIDEO = SampleSpec(width=320, height=240, frames=96, gop=8, seed=5)
 
 
+def runs_dir() -> Path:
+    """Where `facefleet run` keeps its runs by default (conftest points FACEFLEET_STATE at a temporary dir)."""
+    return Path(os.environ["FACEFLEET_STATE"]) / "runs"
+
+
 def test_run_killed_mid_way_is_finished_by_run_resume(sample_factory, tmp_path):
     src, _ = sample_factory(VIDEO, name="long clip.mp4")
-    state, out = tmp_path / "state", tmp_path / "out.mp4"
-    run = subprocess.Popen(
-        [*FACEFLEET, "run", str(src), "-o", str(out), "--state-dir", str(state), "--chunk-frames", "8",
-         "--workers", "1", "--gpu-backend", "simulated"],
+    out = tmp_path / "out.mp4"
+    run = subprocess.Popen(  # no --state-dir: the run gets a store of its own under runs/
+        [*FACEFLEET, "run", str(src), "-o", str(out), "--chunk-frames", "8", "--workers", "1", "--gpu-backend", "simulated"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 120
-        while len(done_chunks(state)) < 3:
+        while not runs_dir().is_dir() or not any(runs_dir().iterdir()) or len(done_chunks(next(runs_dir().iterdir()))) < 3:
             assert run.poll() is None, run.stderr.read().decode()
             assert time.monotonic() < deadline, "the run finished no chunk in 2 minutes"
             time.sleep(0.05)
     finally:
         kill_group(run)
+    (state,) = runs_dir().iterdir()
     before = done_chunks(state)
     assert not out.exists()
     with JobStore(state, readonly=True) as store:
         (job,) = store.jobs()
-        assert job.state == "running" and job.name == "run"
+        assert job.state == "running" and job.name == "run" and job.job_id == state.name
         total = len(store.chunks(job.job_id))
     assert 3 <= len(before) < total
 
-    resumed = cli("run", "--resume", "--state-dir", str(state), "--workers", "1", "--gpu-backend", "simulated", timeout=300)
+    resumed = cli("run", "--resume", "--workers", "1", "--gpu-backend", "simulated", timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"ok  {src} -> {out}" in resumed.stderr
+    assert f"resuming the run kept in {state}" in resumed.stderr
+    assert f"ok  {src} -> {out}: {VIDEO.frames} frames" in resumed.stdout
     after = done_chunks(state)
     assert len(after) == total and all(after[key] == before[key] for key in before)  # kept, not redone
     with JobStore(state, readonly=True) as store:
         assert store.job(job.job_id).state == "done" and store.integrity_check() == []
+    again = cli("run", "--resume", timeout=60)  # nothing left: says so, starts nothing
+    assert again.returncode == 0 and "no unfinished run" in again.stderr
 
     clean = tmp_path / "clean.mp4"
-    ran = cli("run", str(src), "-o", str(clean), "--chunk-frames", "8", "--workers", "1", "-q", timeout=300)
+    ran = cli("run", str(src), "-o", str(clean), "--chunk-frames", "8", "--workers", "1", "-q", "--no-state", timeout=300)
     assert ran.returncode == 0, ran.stderr
+    assert [p.name for p in runs_dir().iterdir()] == [state.name]  # --no-state kept nothing
     pts_a, frames_a = decode_all(out)
     pts_b, frames_b = decode_all(clean)
     assert pts_a == pts_b and len(frames_a) == VIDEO.frames
     assert all(np.array_equal(a, b) for a, b in zip(frames_a, frames_b))
 
 
+def test_a_run_whose_inputs_are_all_refused_keeps_no_store(tmp_path):
+    missing = tmp_path / "missing clip.mp4"
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video")
+    ran = cli("run", str(missing), str(text), "-o", str(tmp_path / "out"), timeout=60)
+    assert ran.returncode == 1
+    assert f"FAILED {missing}: file not found" in ran.stdout and f"FAILED {text}" in ran.stdout
+    assert "Ray" not in ran.stderr  # refused before Ray started
+    assert not runs_dir().exists() or not any(runs_dir().iterdir())
+
+
 def test_state_dir_keeps_every_run_option(sample_factory, tmp_path):
     """Options submit does not take (they were refused with --state-dir before) are kept
-    in the job, and the run kept there gives the frames of the same run without a store."""
+    in the job, and the run kept there gives the frames of the same run without a store
+    (--no-state)."""
     src, _ = sample_factory(SampleSpec(width=160, height=120, frames=16, gop=8, seed=6), name="options clip.mp4")
     (tmp_path / "models").mkdir()
     options = [
@@ -86,7 +110,7 @@ def test_state_dir_keeps_every_run_option(sample_factory, tmp_path):
         (job,) = store.jobs()
         assert job.state == "done" and store.inputs(job.job_id)[0].output_uri == str(tmp_path / "kept.mp4")
         assert job_settings(job.job_id, job.spec) == (given, EncodeSettings(quality=70), 8)
-    plain = run("-o", "plain.mp4", "-q")
+    plain = run("-o", "plain.mp4", "-q", "--no-state")
     assert plain.returncode == 0, plain.stderr
     pts_a, frames_a = decode_all(tmp_path / "kept.mp4")
     pts_b, frames_b = decode_all(tmp_path / "plain.mp4")

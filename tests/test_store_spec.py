@@ -158,9 +158,9 @@ def test_resume_runs_an_old_format_job_and_fails_one_it_cannot_read(tmp_path, sa
     )
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
-    assert f"ok  {video} -> {old_out}" in result.stderr
-    failed = [line for line in result.stderr.splitlines() if line.startswith("FAILED")]
-    assert len(failed) == 1 and "job badbadbadbad: " in failed[0] and "unknown field 'warp_drive'" in failed[0], result.stderr
+    assert f"ok  {video} -> {old_out}" in result.stdout  # the summary, as a run prints it
+    failed = [line for line in result.stdout.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 1 and "job badbadbadbad: " in failed[0] and "unknown field 'warp_drive'" in failed[0], result.stdout
     assert old_out.is_file() and not bad_out.exists()
     with JobStore(state, readonly=True) as store:
         assert store.job(old["job_id"]).state == "done" and store.job(bad["job_id"]).state == "failed"

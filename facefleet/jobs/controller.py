@@ -63,7 +63,7 @@ class ControllerLock:
 class Controller:
     def __init__(
         self, state_dir: Path, pool, monitor=None, reporters=None, metrics=None, price_per_gpu_hour=None, log=print,
-        stall_timeout_s: float | None | str = "default",
+        stall_timeout_s: float | None | str = "default", progress=None, autoscaler=None, idle_retire_s: float | None = None,
     ):
         self.state_dir = Path(state_dir)
         self.store = JobStore(self.state_dir)
@@ -75,7 +75,10 @@ class Controller:
         self.log = log
         self.runner = JobRunner(
             pool,
+            progress,  # JobProgress: `facefleet run`'s bars (units are `<job>-<input>`)
             monitor=monitor,
+            autoscaler=autoscaler,
+            idle_retire_s=idle_retire_s,
             on_chunk=self._chunk_done,
             on_end=self._unit_ended,
             on_dispatch=self._chunk_sent,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rich.console import Console
 
@@ -58,19 +58,51 @@ def check_models(specs: list[JobSpec]) -> None:
             loader.resolve(name)
 
 
+def cluster_line(cluster, plan, address: str | None) -> str:
+    """Where a run or controller runs: Ray, its size, and the workers it started."""
+    where = "embedded Ray (127.0.0.1)" if cluster.embedded else f"Ray at {address or 'the current session'}"
+    kind = f"{plan.workers} GPU worker(s)" if plan.gpus_per_worker else f"{plan.workers} CPU worker(s)"
+    return f"{where}: {cluster.nodes} node(s), {cluster.cpus} CPUs, {cluster.gpus} GPUs; {kind}"
+
+
+def start_monitoring(options: PoolOptions, console: Console) -> dict:
+    """The NVML reporters (started beside the workers, waited for once they are up), or
+    none with --no-monitor."""
+    from facefleet.cluster.reporter import REPORTER_PREFIX, start_reporters
+
+    if options.monitor:
+        return start_reporters(options.sample_interval, options.gpu_backend, name_prefix=REPORTER_PREFIX, wait=False)
+    console.print("GPU monitoring off (--no-monitor): no NVML reporters, no GPU samples", highlight=False)
+    return {}
+
+
+def scaling(options: PoolOptions, address: str | None):
+    """(autoscaler or None, seconds after which idle workers retire or None) for a run."""
+    from facefleet.cluster.scaling import Autoscaler, ScalingPolicy
+
+    autoscale = options.autoscale if options.autoscale is not None else bool(address)
+    autoscaler = Autoscaler(ScalingPolicy(target_backlog_s=options.target_backlog_s)) if autoscale else None
+    idle = options.idle_timeout_s if options.idle_timeout_s is not None else (60.0 if autoscale else None)
+    return autoscaler, idle
+
+
+def print_notices(specs: list[JobSpec], console: Console) -> None:
+    for line in model_notices(specs):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 def run_specs(
     specs: list[JobSpec], address: str | None, options: PoolOptions, console: Console, progress: bool = True
 ) -> list[JobOutcome]:
-    """Run every job; bad inputs are refused before Ray starts, and when all are bad Ray
-    does not start at all."""
+    """Run every job in memory (`facefleet run --no-state`, and the benches): nothing is
+    kept, a run that dies starts over. Bad inputs are refused before Ray starts, and when
+    all are bad Ray does not start at all."""
     from facefleet.cluster.monitor import GpuMonitor
     from facefleet.cluster.pool import WorkerPool, plan_pool
-    from facefleet.cluster.reporter import REPORTER_PREFIX, await_reporters, start_reporters, stop_reporters
+    from facefleet.cluster.reporter import await_reporters, stop_reporters
     from facefleet.cluster.runtime import ray_session
-    from facefleet.cluster.scaling import Autoscaler, ScalingPolicy
 
-    for line in model_notices(specs):
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    print_notices(specs, console)
     if address is None:  # the models are on this machine: refuse a missing or bad one before Ray starts
         check_models(specs)
     planned = plan_jobs(specs)
@@ -80,22 +112,14 @@ def run_specs(
     with ray_session(address) as cluster:
         heavy = any(spec.pipeline.gpu_heavy for spec in specs)
         plan = plan_pool(cluster, options.workers, options.chunks_per_worker, options.gpu_share, gpu_heavy=heavy)
-        where = "embedded Ray (127.0.0.1)" if cluster.embedded else f"Ray at {address or 'the current session'}"
-        kind = f"{plan.workers} GPU worker(s)" if plan.gpus_per_worker else f"{plan.workers} CPU worker(s)"
-        console.print(f"{where}: {cluster.nodes} node(s), {cluster.cpus} CPUs, {cluster.gpus} GPUs; {kind}", highlight=False)
-        if options.monitor:  # started beside the workers, waited for once they are up
-            reporters = start_reporters(options.sample_interval, options.gpu_backend, name_prefix=REPORTER_PREFIX, wait=False)
-        else:
-            reporters = {}
-            console.print("GPU monitoring off (--no-monitor): no NVML reporters, no GPU samples", highlight=False)
-        autoscale = options.autoscale if options.autoscale is not None else bool(address)
-        autoscaler = Autoscaler(ScalingPolicy(target_backlog_s=options.target_backlog_s)) if autoscale else None
+        console.print(cluster_line(cluster, plan, address), highlight=False)
+        reporters = start_monitoring(options, console)
+        autoscaler, idle = scaling(options, address)
         pool = None
         try:
             pool = WorkerPool(plan, specs[0].pipeline)
             await_reporters(reporters)
             with RichProgress(console, enabled=progress) as bars:
-                idle = options.idle_timeout_s if options.idle_timeout_s is not None else (60.0 if autoscale else None)
                 outcomes = run_planned(
                     planned, pool, bars, monitor=GpuMonitor(reporters) if options.monitor else None, autoscaler=autoscaler,
                     idle_retire_s=idle, **options.stall_option(),
@@ -118,13 +142,16 @@ def serve_jobs(
     until_idle: bool = False,
     price_per_gpu_hour: float | None = None,
     pipeline=None,
+    progress=None,
+    run: bool = False,
 ) -> None:
     """The controller (`facefleet serve` and `facefleet resume`): start or join Ray, resume
     unfinished jobs, take requests from the inbox until stopped (or, with `until_idle`,
-    until nothing is left to do)."""
+    until nothing is left to do). With `run` (`facefleet run`), it also scales the cluster
+    as a run does (see `scaling`) and shows `progress` (a JobProgress)."""
     from facefleet.cluster.monitor import GpuMonitor
     from facefleet.cluster.pool import WorkerPool, plan_pool
-    from facefleet.cluster.reporter import REPORTER_PREFIX, await_reporters, start_reporters, stop_reporters
+    from facefleet.cluster.reporter import await_reporters, stop_reporters
     from facefleet.cluster.runtime import ray_session
     from facefleet.jobs.controller import Controller, ControllerLock
     from facefleet.pipeline.spec import PipelineSpec
@@ -141,20 +168,23 @@ def serve_jobs(
         with ray_session(address) as cluster:
             heavy = pipeline is not None and pipeline.gpu_heavy
             plan = plan_pool(cluster, options.workers, options.chunks_per_worker, options.gpu_share, gpu_heavy=heavy)
-            reporters = start_reporters(options.sample_interval, options.gpu_backend, name_prefix=REPORTER_PREFIX, wait=False)
+            console.print(cluster_line(cluster, plan, address), highlight=False)
+            reporters = start_monitoring(options, console)
+            autoscaler, idle = scaling(options, address) if run else (None, None)
             pool = None
             controller = None
             try:
                 pool = WorkerPool(plan, pipeline or PipelineSpec())
                 await_reporters(reporters)
                 controller = Controller(
-                    state_dir, pool, monitor=GpuMonitor(reporters), reporters=reporters, metrics=metrics,
-                    price_per_gpu_hour=price_per_gpu_hour, log=lambda line: console.print(line, markup=False, highlight=False),
-                    **options.stall_option(),
+                    state_dir, pool, monitor=GpuMonitor(reporters) if reporters else None, reporters=reporters,
+                    metrics=metrics, price_per_gpu_hour=price_per_gpu_hour,
+                    log=lambda line: console.print(line, markup=False, highlight=False),
+                    progress=progress, autoscaler=autoscaler, idle_retire_s=idle, **options.stall_option(),
                 )
                 resumed = controller.resume()
-                kind = f"{plan.workers} GPU worker(s)" if plan.gpus_per_worker else f"{plan.workers} CPU worker(s)"
-                console.print(f"controller on {state_dir}: {kind}; {resumed} unfinished job(s) resumed", highlight=False)
+                if not run:
+                    console.print(f"controller on {state_dir}: {resumed} unfinished job(s) resumed", highlight=False)
                 controller.serve(until_idle=until_idle)
             finally:
                 if controller is not None:
@@ -169,20 +199,24 @@ def serve_jobs(
 
 
 def run_durable(
-    specs: list[JobSpec], state_dir, address: str | None, options: PoolOptions, console: Console, resume: bool = False
-) -> list[tuple[str, str, str, str | None]]:
-    """`facefleet run --state-dir DIR`: the run's inputs become one job in the job store,
-    with all its settings (submit.dump_settings), and the controller runs it here until
-    nothing is left, so that a run that dies is finished by `facefleet run --resume
-    --state-dir DIR` (or `facefleet resume`) with the same settings and its done chunks
-    kept. With `resume`, no new job: every unfinished job in the store is finished.
-    Returns (input, output, state, error) per input of the jobs it ran."""
+    specs: list[JobSpec], state_dir, address: str | None, options: PoolOptions, console: Console,
+    resume: bool = False, progress: bool = True, job_id: str | None = None,
+) -> list[JobOutcome]:
+    """`facefleet run` (the default): the run's inputs become one job in the job store at
+    `state_dir`, with all its settings (submit.dump_settings), and the controller runs it
+    here until nothing is left, with the run's progress bars and summary, so that a run
+    that dies is finished by `facefleet run --resume` with the same settings and its done
+    chunks kept. Inputs refused when planned (missing, not media, ...) fail before the
+    store and Ray: they are only in the summary. With `resume`, no new job: every
+    unfinished job in the store is finished. Returns one outcome per input, in order."""
     from facefleet.jobs.inputs import new_job_id
-    from facefleet.jobs.store import Inbox, JobStore
+    from facefleet.jobs.store import Inbox
     from facefleet.jobs.submit import JobRequest, absolute_path, dump_settings, load_settings, refuse_credentials
 
-    job_id = None
+    refused: dict[int, JobOutcome] = {}
+    pipeline = None  # with `resume`, the workers start with the default one, as `facefleet resume`'s do
     if not resume:
+        print_notices(specs, console)
         if address is None:
             check_models(specs)
         stored = [dump_settings(spec.pipeline, spec.encode, spec.chunk_frames) for spec in specs]
@@ -192,28 +226,62 @@ def run_durable(
             raise FacefleetError("--state-dir: every input of a run must have the same settings")
         for uri in (uri for s in specs for uri in (s.input_uri, s.output_uri)):
             refuse_credentials(uri)  # the store would keep them
+        planned = plan_jobs(specs)
+        refused = {i: p for i, p in enumerate(planned) if isinstance(p, JobOutcome)}
+        kept = [s for i, s in enumerate(specs) if i not in refused]
+        if not kept:
+            print_summary(list(refused.values()))
+            return list(refused.values())
         # absolute: `run --resume` may be started from another directory
-        pairs = [(absolute_path(s.input_uri), absolute_path(s.output_uri)) for s in specs]
-        job_id = new_job_id()
-        request = JobRequest(job_id, "run", 0, pairs, stored[0])
-        Inbox(state_dir).put("submit", request.payload())
+        pairs = [(absolute_path(s.input_uri), absolute_path(s.output_uri)) for s in kept]
+        job_id = job_id or new_job_id()
+        Inbox(state_dir).put("submit", JobRequest(job_id, "run", 0, pairs, stored[0]).payload())
+        pipeline = load_settings(stored[0])[0]  # the workers preload the pipeline as stored
     before = time.time()
-    # a new run's workers load its pipeline (as stored) as they start, as run_specs' do;
-    # with `resume`, the default one, as `facefleet resume`'s do
-    pipeline = load_settings(stored[0])[0] if not resume else None
-    serve_jobs(state_dir, address, options, console, until_idle=True, pipeline=pipeline)
+    with RichProgress(console, enabled=progress) as bars:
+        serve_jobs(state_dir, address, options, console, until_idle=True, pipeline=pipeline, progress=bars, run=True)
+    ran = stored_outcomes(state_dir, [job_id] if job_id and not resume else None, before, bars.outcomes)
+    if not resume:  # named as the user gave them (the store holds them absolute)
+        ran = [replace(o, input_uri=s.input_uri, output_uri=s.output_uri) for o, s in zip(ran, kept)]
+    outcomes = [refused.pop(i) if i in refused else ran.pop(0) for i in range(len(refused) + len(ran))]
+    print_summary(outcomes)
+    return outcomes
+
+
+def stored_outcomes(state_dir, job_ids: list[str] | None, since: float, seen: dict[str, JobOutcome]) -> list[JobOutcome]:
+    """One outcome per input of the jobs (default: those that ended after `since`), in
+    order: the one the run saw end (`seen`, by unit id), else the store's record (an input
+    done before a resume)."""
+    from facefleet.jobs.controller import unit_id
+    from facefleet.jobs.store import JobStore
+
+    outcomes = []
     with JobStore(state_dir, readonly=True) as store:
-        if job_id is not None:
-            jobs = [store.job(job_id)]
-        else:
-            jobs = [job for job in store.jobs() if (job.finished or 0) >= before]
-        rows = []
-        for job in jobs:
-            if job is None:
-                continue
+        jobs = [store.job(j) for j in job_ids] if job_ids else [j for j in store.jobs() if (j.finished or 0) >= since]
+        for job in filter(None, jobs):
             for row in store.inputs(job.job_id):
-                rows.append((row.input_uri, row.output_uri, row.state, row.error or (job.error if row.state != "done" else None)))
-    for input_uri, output_uri, state, error in rows:
-        line = f"ok  {input_uri} -> {output_uri}" if state == "done" else f"FAILED {input_uri}: {error or state}"
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
-    return rows
+                unit = unit_id(job.job_id, row.index)
+                if unit in seen:
+                    outcomes.append(seen[unit])
+                    continue
+                error = None if row.state == "done" else (row.error or job.error or row.state)
+                outcomes.append(JobOutcome(unit, row.input_uri, row.output_uri, frames=row.frames or 0, error=error))
+    return outcomes
+
+
+def unfinished_runs(root) -> list:
+    """The run stores under `root` (one directory per `facefleet run`) with work left:
+    a request not yet taken, or a job queued or running."""
+    from pathlib import Path
+
+    from facefleet.jobs.store import Inbox, JobStore
+
+    found = []
+    for state in sorted(Path(root).glob("*/")):
+        if Inbox(state).pending():
+            found.append(state)
+        elif (state / "facefleet.db").exists():
+            with JobStore(state, readonly=True) as store:
+                if store.jobs("queued") or store.jobs("running"):
+                    found.append(state)
+    return found

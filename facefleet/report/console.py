@@ -48,6 +48,7 @@ class RichProgress:
             transient=False,
         )
         self._tasks: dict[str, TaskID] = {}
+        self.outcomes: dict[str, JobOutcome] = {}  # every job that ended, by id
 
     def __enter__(self) -> RichProgress:
         self._progress.start()
@@ -69,6 +70,7 @@ class RichProgress:
         self._progress.update(task, completed=frames_done)
 
     def ended(self, outcome: JobOutcome) -> None:
+        self.outcomes[outcome.job_id] = outcome
         task = self._tasks.get(outcome.job_id)
         if task is not None:
             if outcome.ok:
