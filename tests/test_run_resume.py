@@ -119,3 +119,15 @@ def test_state_dir_keeps_every_run_option(sample_factory, tmp_path):
 
     resumed = cli("run", str(src), "--resume", "--state-dir", str(tmp_path / "state"))
     assert resumed.returncode == 2 and "give no inputs" in resumed.stderr
+
+
+def test_a_run_whose_default_store_cannot_be_made_says_so_in_one_line(sample_factory, tmp_path, monkeypatch):
+    src, _ = sample_factory(SampleSpec(width=160, height=120, frames=8, gop=8, seed=7), name="short.mp4")
+    blocker = tmp_path / "a file"
+    blocker.write_text("")
+    monkeypatch.setenv("FACEFLEET_STATE", str(blocker / "state"))  # under a file: no directory can be made (even as root)
+    ran = cli("run", str(src), "-o", str(tmp_path / "out.mp4"), timeout=60)
+    assert ran.returncode == 2 and "Traceback" not in ran.stderr
+    (line,) = [line for line in ran.stderr.splitlines() if line.strip()]
+    assert line.startswith(f"error: cannot keep the run in {blocker / 'state' / 'runs'}") and "--no-state" in line
+    assert not (tmp_path / "out.mp4").exists()
