@@ -1,6 +1,8 @@
 """The command a user types: a video and an image into a directory, on embedded Ray."""
 
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -103,6 +105,27 @@ def test_ts_input_into_directory_gets_mp4_output_and_runs_without_monitoring(sam
     assert f"ok  {video} -> {out / 'clip.mp4'}: 24 frames" in proc.stdout
     with av.open(str(out / "clip.mp4")) as c:
         assert sum(1 for _ in c.decode(video=0)) == 24
+    assert monitoring_cost(proc.stderr) == {
+        "reporters": 0, "samples": 0, "reporter_cpu_s": 0.0, "reporter_process_cpu_s": 0.0, "dispatcher_s": 0.0, "sample_log_s": 0.0,
+    }
+
+
+def monitoring_cost(stderr: str) -> dict:
+    """The `job.monitoring` block of the summary.json of the run named on `stderr`."""
+    match = re.search(r"run kept as job (\S+) in (.+?) \(report:", stderr)
+    assert match, stderr
+    summary = json.loads((Path(match.group(2)) / "jobs" / match.group(1) / "summary.json").read_text())
+    return summary["job"]["monitoring"]
+
+
+def test_a_monitored_run_records_what_monitoring_cost(sample_factory, tmp_path):
+    video, _ = sample_factory(SampleSpec(width=160, height=120, frames=16, gop=8, seed=8), name="monitored.mp4")
+    proc = run_cli("run", str(video), "-o", str(tmp_path / "out.mp4"), "-q", "--sample-interval", "0.1", "--gpu-backend", "simulated")
+    assert proc.returncode == 0, proc.stderr
+    cost = monitoring_cost(proc.stderr)
+    assert cost["reporters"] == 1 and cost["samples"] >= 1 and "error" not in cost
+    assert 0 < cost["reporter_cpu_s"] <= cost["reporter_process_cpu_s"] < 5
+    assert 0 < cost["dispatcher_s"] < 1 and 0 <= cost["sample_log_s"] < 5
 
 
 def test_run_help_documents_no_monitor():

@@ -55,7 +55,7 @@ def test_busy_workers_show_as_simulated_gpu_utilization(cluster, pool):
     monitor = GpuMonitor(reporters, window_s=3.0)
     run_jobs([sim("busy", frames=600)], pool, monitor=monitor)
     time.sleep(1.5)  # simulated samples describe the window that ended a second ago
-    aggregates = monitor.refresh()
+    aggregates = monitor.refresh(wait_s=5.0)
     busy = [a for a in aggregates.values() if a["util_mean"]]
     assert busy and all(a["backend"] == "simulated" for a in aggregates.values())
     assert monitor.simulated and monitor.mean_utilization() > 0.1
@@ -105,3 +105,26 @@ def test_a_run_steps_the_autoscaler_and_releases_it_at_the_end(pool):
     util, backlog, fps, gpus = scaler.steps[0]
     assert util == 0.95 and gpus == 2 and backlog > 0
     assert any(s[2] for s in scaler.steps)  # a per-GPU rate once chunks finished
+
+
+def test_refresh_never_waits_on_a_slow_reporter(cluster):
+    """The dispatcher's refresh asks and takes only answers that have arrived: a reporter
+    that takes 1.5 s to answer costs it nothing; its aggregates come with a later refresh."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class SlowReporter:
+        def aggregates(self, window_s):
+            time.sleep(1.5)
+            return {"GPU-slow": {"util_mean": 42.0, "backend": "simulated"}}
+
+    monitor = GpuMonitor({"slow": SlowReporter.remote()})
+    t0 = time.perf_counter()
+    assert monitor.refresh() == {}
+    assert time.perf_counter() - t0 < 0.5
+    deadline = time.monotonic() + 30
+    while "GPU-slow" not in monitor.refresh():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert monitor.aggregates["GPU-slow"]["util_mean"] == 42.0 and monitor.mean_utilization() == 0.42
+    assert 0 < monitor.seconds < 1.0  # its own time, none of it waiting for the 1.5 s answers

@@ -3,6 +3,7 @@ how busy the GPUs are (for scaling)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 MEMORY_LIMIT = 0.95  # a GPU whose memory is fuller than this gets no new chunks
@@ -22,23 +23,40 @@ def gpu_health(aggregate: dict[str, Any], memory_limit: float = MEMORY_LIMIT) ->
 
 
 class GpuMonitor:
+    """GPU health and load from the NVML reporters, for the dispatcher.
+
+    `refresh` never waits on a reporter: it takes the answers that have arrived and asks
+    again (an aggregate is at most one refresh old), so a reporter that is slow to answer,
+    or restarting, costs the dispatch loop nothing. `seconds`: the dispatcher's time in here.
+    """
+
     def __init__(self, reporters: dict[str, Any], window_s: float = WINDOW_S, memory_limit: float = MEMORY_LIMIT):
         self.reporters = reporters
         self.window_s = window_s
         self.memory_limit = memory_limit
         self.aggregates: dict[str, dict[str, Any]] = {}
+        self.seconds = 0.0
+        self._asked: dict[Any, str] = {}  # call -> reporter name, for answers not taken yet
 
-    def refresh(self, timeout: float = 2.0) -> dict[str, dict[str, Any]]:
+    def refresh(self, wait_s: float = 0.0) -> dict[str, dict[str, Any]]:
+        """The latest aggregates; `wait_s` > 0 waits that long for the answers asked for
+        (a first look, in tests and tools)."""
         import ray
 
-        refs = [actor.aggregates.remote(self.window_s) for actor in self.reporters.values()]
-        merged: dict[str, dict[str, Any]] = {}
-        for ref in refs:
+        t0 = time.perf_counter()
+        asking = set(self._asked.values())
+        for name, actor in self.reporters.items():
+            if name not in asking:
+                self._asked[actor.aggregates.remote(self.window_s)] = name
+        ready, _ = ray.wait(list(self._asked), num_returns=len(self._asked), timeout=wait_s, fetch_local=True)
+        for ref in ready:
+            del self._asked[ref]
             try:
-                merged.update(ray.get(ref, timeout=timeout))
+                self.aggregates.update(ray.get(ref))
             except ray.exceptions.RayError:
                 pass  # a reporter restarting: its GPUs keep their last state
-        self.aggregates.update(merged)
+        if not wait_s:  # the dispatcher's cost (a wait asked for is not)
+            self.seconds += time.perf_counter() - t0
         return self.aggregates
 
     def health(self, gpu_of_worker: dict[int, str | None]) -> dict[int, str]:

@@ -97,6 +97,7 @@ class Controller:
         self._last_samples = 0.0
         self._sample_since = time.time()
         self._sample_log = None
+        self._samples_seconds = 0.0  # spent fetching and logging the reporters' samples
 
     # ---- the loop ----------------------------------------------------------------
 
@@ -382,6 +383,7 @@ class Controller:
                     out for out in self.runner.workers_out
                     if (job.started or job.created) <= out["time"] <= (job.finished or time.time())
                 ],
+                "monitoring": self._monitoring_cost(),
             }
             self._keep_samples()
             samples = self._samples_between((job.started or job.created) - 5, (job.finished or time.time()) + 5)
@@ -389,11 +391,40 @@ class Controller:
         except Exception as exc:  # the report is secondary: the job's state is recorded
             self.log(f"warning: report data of job {job_id}: {one_line(exc)}")
 
+    def _monitoring_cost(self) -> dict:
+        """What GPU monitoring has cost so far (since the reporters and this controller
+        started; for `facefleet run`, its one job): the reporter processes' CPU seconds
+        (sampling thread, and the whole process with Ray's threads) and the dispatcher's
+        seconds reading them, and the controller's seconds fetching and logging samples."""
+        monitor = self.runner.monitor
+        cost = {
+            "reporters": len(self.reporters), "samples": 0, "reporter_cpu_s": 0.0, "reporter_process_cpu_s": 0.0,
+            "dispatcher_s": monitor.seconds if monitor is not None else 0.0, "sample_log_s": self._samples_seconds,
+        }
+        if self.reporters:
+            import ray
+
+            try:
+                for o in ray.get([r.overhead.remote() for r in self.reporters.values()], timeout=5):
+                    cost["samples"] += int(o["samples"])
+                    cost["reporter_cpu_s"] += o["cpu_seconds"]
+                    cost["reporter_process_cpu_s"] += o["process_cpu_seconds"]
+            except Exception as exc:  # a reporter restarting: its share is unknown
+                cost["error"] = one_line(exc)
+        return cost
+
     # ---- samples, live status, metrics --------------------------------------------
 
     def _keep_samples(self) -> None:
         if not self.reporters:
             return
+        t0 = time.perf_counter()
+        try:
+            self._take_samples()
+        finally:
+            self._samples_seconds += time.perf_counter() - t0
+
+    def _take_samples(self) -> None:
         import ray
 
         from facefleet.report.tables import SampleLog
