@@ -5,6 +5,8 @@
 #   bash bench/levers_gpu.sh enhance   # enhance end to end: fp16 and layouts vs the defaults
 #   bash bench/levers_gpu.sh enhance-defaults  # the enhance defaults (2 workers x 8 chunks) vs the old layout, and fp16
 #   bash bench/levers_gpu.sh anonymize # anonymize vs deface with fp16 as a variant (deface importable by python3)
+#   bash bench/levers_gpu.sh layouts   # anonymize 1080p x 1800: chunks per worker 4, 6, 8 and two workers per GPU
+#   bash bench/levers_gpu.sh monitoring # bench/monitoring_overhead.py at 1080p: sampling on/off pairs and its own cost
 # Results are copied to $OUT when set.
 set -u
 tag=${TAG:-h100}
@@ -24,7 +26,13 @@ case "${1:-}" in
   anonymize)
     timeout 580 python3 bench/anonymize_vs_deface.py --width 1920 --height 1080 --frames 1800 --deface-python python3 \
       --tag "$tag-fp16" --variant="--precision fp16" 2>&1 | grep -vE "^\s*$" | tail -14 ;;
-  *) echo "usage: bash bench/levers_gpu.sh tests|options|enhance|anonymize" >&2; exit 2 ;;
+  layouts)
+    bash bench/compare_runs_gpu.sh 1800 "default|.|" "cpw4|.|--chunks-per-worker 4" "cpw6|.|--chunks-per-worker 6" \
+      "cpw8|.|--chunks-per-worker 8" "share0.5|.|--gpu-share 0.5 --chunks-per-worker 4" "default again|.|" ;;
+  monitoring)
+    timeout 580 python3 bench/monitoring_overhead.py --width 1920 --height 1080 --frames 600 --repeat 4 --tag "$tag" \
+      2>&1 | grep -E "^\*\*|^\| [0-9]" | tail -20 ;;
+  *) echo "usage: bash bench/levers_gpu.sh tests|options|enhance|enhance-defaults|anonymize|layouts|monitoring" >&2; exit 2 ;;
 esac
 [ -n "${OUT:-}" ] && cp bench/results/*"$tag"* "$OUT"/ 2>/dev/null
 exit 0
