@@ -128,3 +128,34 @@ def test_refresh_never_waits_on_a_slow_reporter(cluster):
         time.sleep(0.1)
     assert monitor.aggregates["GPU-slow"]["util_mean"] == 42.0 and monitor.mean_utilization() == 0.42
     assert 0 < monitor.seconds < 1.0  # its own time, none of it waiting for the 1.5 s answers
+
+
+def test_sample_keeper_logs_samples_beside_the_loop(cluster, tmp_path):
+    """The controller's sample log is kept by a thread: a reporter slow to answer (1 s)
+    never holds the caller; the samples land in the log, and `stop` keeps the last ones."""
+    import ray
+
+    from facefleet.cluster.nvml import GpuSample
+    from facefleet.jobs.sample_keeper import SampleKeeper
+
+    @ray.remote(num_cpus=0)
+    class SlowSamples:
+        def samples(self, since):
+            time.sleep(1.0)
+            now = time.time()
+            return [GpuSample(now, "node", "GPU-x", 0, "test", 50.0, 1.0, 1, 2, 3.0, 4.0, 5.0, 0.0, 0.0, (), None, backend="simulated")]
+
+    seen = []
+    keeper = SampleKeeper(tmp_path, {"slow": SlowSamples.remote()}, every_s=0.2, on_samples=seen.append)
+    t0 = time.perf_counter()
+    keeper.start()
+    assert time.perf_counter() - t0 < 0.5  # the caller goes on
+    deadline = time.monotonic() + 30
+    while not seen:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    keeper.stop()
+    keeper.stop()  # once only
+    logged = keeper.read(0, time.time() + 1)
+    assert logged.num_rows >= 2 and set(logged.column("gpu_uuid").to_pylist()) == {"GPU-x"}
+    assert keeper.seconds > 0

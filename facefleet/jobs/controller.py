@@ -20,6 +20,7 @@ from pathlib import Path
 from facefleet.cluster.chunk import chunk_checksum
 from facefleet.errors import FacefleetError, one_line
 from facefleet.jobs.runner import JobOutcome, JobRunner, PlannedJob, plan_job
+from facefleet.jobs.sample_keeper import SampleKeeper
 from facefleet.jobs.spec import ChunkResult, JobSpec
 from facefleet.jobs.store import Inbox, JobStore, StoreError
 from facefleet.jobs.submit import job_settings
@@ -27,7 +28,6 @@ from facefleet.media.plan import FrameRange
 
 IDLE_SLEEP_S = 0.2
 LIVE_EVERY_S = 1.0
-SAMPLES_EVERY_S = 5.0
 
 
 def unit_id(job_id: str, index: int) -> str:
@@ -94,13 +94,9 @@ class Controller:
         self.stragglers: dict[str, tuple[Path, list]] = {}
         self.rows: dict[str, list[dict]] = {}  # job id -> chunk rows for its report
         self._last_live = 0.0
-        self._last_samples = 0.0
-        self._sample_since = time.time()
-        self._sample_log = None
-        self._samples_seconds = 0.0  # spent fetching and logging the reporters' samples
-        # pyarrow (0.25 s to import) for the sample log and every job's report data: imported
-        # here, before any job, not by the first sample log inside a job's time
-        import facefleet.report.tables  # noqa: F401
+        # the reporters' samples into the state dir's sample log, in a thread beside this loop
+        self.samples = SampleKeeper(self.state_dir, self.reporters, on_samples=metrics.update_gpus if metrics else None)
+        self.samples.start()
 
     # ---- the loop ----------------------------------------------------------------
 
@@ -124,9 +120,6 @@ class Controller:
         if now - self._last_live >= LIVE_EVERY_S:
             self._last_live = now
             self._publish_live()
-        if now - self._last_samples >= SAMPLES_EVERY_S:
-            self._last_samples = now
-            self._keep_samples()
 
     @property
     def idle(self) -> bool:
@@ -140,10 +133,11 @@ class Controller:
                     break
         finally:
             self.runner.close(keep_unfinished=True)
-            self._keep_samples()
+            self.samples.stop()
             self._publish_live()
 
     def close(self) -> None:
+        self.samples.stop()
         self.store.close()
 
     # ---- requests ----------------------------------------------------------------
@@ -388,7 +382,7 @@ class Controller:
                 ],
                 "monitoring": self._monitoring_cost(),
             }
-            self._keep_samples()
+            self.samples.flush()
             samples = self._samples_between((job.started or job.created) - 5, (job.finished or time.time()) + 5)
             write_job_data(self.state_dir / "jobs" / job_id, summary, self.rows.pop(job_id, []), samples, self.price)
         except Exception as exc:  # the report is secondary: the job's state is recorded
@@ -398,11 +392,11 @@ class Controller:
         """What GPU monitoring has cost so far (since the reporters and this controller
         started; for `facefleet run`, its one job): the reporter processes' CPU seconds
         (sampling thread, and the whole process with Ray's threads) and the dispatcher's
-        seconds reading them, and the controller's seconds fetching and logging samples."""
+        seconds reading them, and the CPU seconds of fetching and logging samples."""
         monitor = self.runner.monitor
         cost = {
             "reporters": len(self.reporters), "samples": 0, "reporter_cpu_s": 0.0, "reporter_process_cpu_s": 0.0,
-            "dispatcher_s": monitor.seconds if monitor is not None else 0.0, "sample_log_s": self._samples_seconds,
+            "dispatcher_s": monitor.seconds if monitor is not None else 0.0, "sample_log_s": self.samples.seconds,
         }
         if self.reporters:
             import ray
@@ -418,37 +412,10 @@ class Controller:
 
     # ---- samples, live status, metrics --------------------------------------------
 
-    def _keep_samples(self) -> None:
-        if not self.reporters:
-            return
-        t0 = time.perf_counter()
-        try:
-            self._take_samples()
-        finally:
-            self._samples_seconds += time.perf_counter() - t0
-
-    def _take_samples(self) -> None:
-        import ray
-
-        from facefleet.report.tables import SampleLog
-
-        if self._sample_log is None:
-            self._sample_log = SampleLog(self.state_dir)
-        try:
-            batches = ray.get([r.samples.remote(self._sample_since) for r in self.reporters.values()], timeout=5)
-        except Exception:
-            return
-        samples = [s for batch in batches for s in batch]
-        if samples:
-            self._sample_since = max(s.time for s in samples)
-            self._sample_log.append(samples)
-            if self.metrics is not None:
-                self.metrics.update_gpus(samples)
-
     def _samples_between(self, since: float, until: float):
-        if self._sample_log is None:
+        if not self.reporters:
             return []
-        return self._sample_log.read(since, until)
+        return self.samples.read(since, until)
 
     def _publish_live(self) -> None:
         """state_dir/live.json for `facefleet monitor`, and the Prometheus job series."""
