@@ -197,7 +197,12 @@ def run(
 
         run_id = new_job_id()
         state = Path(state_dir) if state_dir else _run_store(run_id)
-        outcomes = run_durable(specs, state, address, pool, err, progress=not quiet, job_id=run_id)
+        try:
+            outcomes = run_durable(specs, state, address, pool, err, progress=not quiet, job_id=run_id)
+        except KeyboardInterrupt:
+            again = "facefleet run --resume" + (f" --state-dir {state}" if state_dir else "")
+            err.print(f"interrupted: the run is kept in {state}; `{again}` finishes it", markup=False, highlight=False, soft_wrap=True)
+            raise
         if not any(o.job_id.startswith(f"{run_id}-") for o in outcomes):  # every input refused: nothing stored
             if state_dir is None:
                 with contextlib.suppress(OSError):

@@ -131,3 +131,30 @@ def test_a_run_whose_default_store_cannot_be_made_says_so_in_one_line(sample_fac
     (line,) = [line for line in ran.stderr.splitlines() if line.strip()]
     assert line.startswith(f"error: cannot keep the run in {blocker / 'state' / 'runs'}") and "--no-state" in line
     assert not (tmp_path / "out.mp4").exists()
+
+
+def test_an_interrupted_run_says_how_to_finish_it():
+    """Ctrl-C (SIGINT) ends a run at once with status 130 and the command that finishes it;
+    the run stays unfinished in its store for `run --resume`."""
+    import signal
+
+    run = subprocess.Popen(
+        [*FACEFLEET, "run", "simulated://4000?ms=50", "-o", "sim-out", "--chunk-frames", "50", "--workers", "1", "-q"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not runs_dir().is_dir() or not any(runs_dir().iterdir()) or not done_chunks(next(runs_dir().iterdir())):
+            assert run.poll() is None, run.stderr.read()
+            assert time.monotonic() < deadline, "no chunk done in 2 minutes"
+            time.sleep(0.1)
+        run.send_signal(signal.SIGINT)
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        kill_group(run)  # whatever of it is left: the run and its Ray
+    (state,) = runs_dir().iterdir()
+    assert run.returncode == 130
+    assert f"interrupted: the run is kept in {state}; `facefleet run --resume` finishes it" in stderr
+    with JobStore(state, readonly=True) as store:
+        (job,) = store.jobs()
+        assert job.state == "running" and store.integrity_check() == []
