@@ -6,6 +6,7 @@ interrupted and kept nothing (--no-state)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -56,7 +57,11 @@ def test_run_killed_mid_way_is_finished_by_run_resume(sample_factory, tmp_path):
     resumed = cli("run", "--resume", "--workers", "1", "--gpu-backend", "simulated", timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming the run kept in {state}" in resumed.stderr
-    assert f"ok  {src} -> {out}: {VIDEO.frames} frames" in resumed.stdout
+    line = next(line for line in resumed.stdout.splitlines() if line.startswith("ok  "))
+    assert line.startswith(f"ok  {src} -> {out}: {VIDEO.frames} frames")
+    kept, seconds, fps = re.search(r"(\d+) of the frames done before the resume, ([\d.]+) s, ([\d.]+) fps", line).groups()
+    assert int(kept) == 8 * len(before)  # 8-frame chunks: the resumed run's fps counts only the frames it processed
+    assert abs(float(fps) - (VIDEO.frames - int(kept)) / float(seconds)) <= 0.05 * float(fps) + 0.1
     after = done_chunks(state)
     assert len(after) == total and all(after[key] == before[key] for key in before)  # kept, not redone
     with JobStore(state, readonly=True) as store:

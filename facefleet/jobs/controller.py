@@ -264,6 +264,7 @@ class Controller:
                 stage_times={stage: (float(a), float(b)) for stage, (a, b) in chunk.stage_times.items()},
             )
             plan.results[task.index] = result
+            plan.kept.add(task.index)
             self._add_row(job_id, task, result, None, chunk.attempts, chunk.ended or time.time())
 
     # ---- hooks from the runner ------------------------------------------------------

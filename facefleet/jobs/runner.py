@@ -71,6 +71,7 @@ class JobOutcome:
     providers: tuple[str, ...] = ()
     error: str | None = None
     models: dict[str, str] = field(default_factory=dict)  # model -> manifest | lock | trusted
+    kept_frames: int = 0  # frames of chunks done by an earlier run (a resume), not in `seconds`
 
     @property
     def ok(self) -> bool:
@@ -78,7 +79,8 @@ class JobOutcome:
 
     @property
     def fps(self) -> float:
-        return self.frames / self.seconds if self.seconds > 0 else 0.0
+        """Frames this run processed per second (a resumed job's kept chunks left out)."""
+        return (self.frames - self.kept_frames) / self.seconds if self.seconds > 0 else 0.0
 
 
 class JobProgress(Protocol):
@@ -110,6 +112,7 @@ class PlannedJob:
     error: str | None = None
     started: float | None = None
     priority: int = 0  # higher first when jobs share the workers (JobRunner with feed)
+    kept: set[int] = field(default_factory=set)  # chunks done by an earlier run, in `results` from the start
 
     @property
     def total_frames(self) -> int:
@@ -296,6 +299,7 @@ def outcome_of(job: PlannedJob) -> JobOutcome:
         providers=tuple(providers),
         error=job.error,
         models={name: how for r in results for name, how in r.models.items()},
+        kept_frames=sum(r.frames for i, r in job.results.items() if i in job.kept),
     )
 
 

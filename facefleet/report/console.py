@@ -103,7 +103,8 @@ def summary_line(outcome: JobOutcome) -> str:
     trusted = sorted(name for name, how in outcome.models.items() if how == "trusted")
     return (
         f"ok  {source} -> {shown(outcome.output_uri)}: {outcome.frames} frames, {outcome.faces} faces, "
-        f"{outcome.seconds:.1f} s, {outcome.fps:.1f} fps, provider {providers}"
+        + (f"{outcome.kept_frames} of the frames done before the resume, " if outcome.kept_frames else "")
+        + f"{outcome.seconds:.1f} s, {outcome.fps:.1f} fps, provider {providers}"
         + (f", trusted (unchecked) model: {', '.join(trusted)}" if trusted else "")
     )
 
