@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
 from typing import Optional
@@ -123,11 +122,28 @@ def run(
     from facefleet.pipeline.anonymize import AnonymizeOptions
     from facefleet.pipeline.spec import PipelineSpec, parse_steps
 
+    if gpu_backend not in ("auto", "real", "simulated"):
+        raise FacefleetError("--gpu-backend must be auto, real or simulated")
+    if sample_interval <= 0:
+        raise FacefleetError("--sample-interval must be positive")
+    if workers is not None and workers < 1:
+        raise FacefleetError("--workers must be at least 1")
+    pool = PoolOptions(  # the same for a new run and a resumed one
+        workers=workers,
+        chunks_per_worker=chunks_per_worker,
+        gpu_share=gpu_share,
+        sample_interval=sample_interval,
+        monitor=gpu_monitoring,
+        gpu_backend=gpu_backend,
+        autoscale=autoscale,
+        target_backlog_s=target_backlog,
+        idle_timeout_s=idle_timeout,
+        stall_timeout_s=_stall(stall_timeout),
+    )
     if resume:
         if inputs:
             raise FacefleetError("--resume finishes the runs kept in --state-dir: give no inputs")
-        options = _pool_options(workers, chunks_per_worker, gpu_share, gpu_backend, sample_interval, stall_timeout)
-        if not _resume_runs(state_dir, address, options, progress=not quiet):
+        if not _resume_runs(state_dir, address, pool, progress=not quiet):
             raise typer.Exit(1)
         return
     if not inputs:
@@ -136,8 +152,6 @@ def run(
         raise FacefleetError(f"--output-video-preset must be one of {', '.join(PRESETS)}")
     if chunk_frames < 0:
         raise FacefleetError("--chunk-frames must be 0 (automatic) or more")
-    if workers is not None and workers < 1:
-        raise FacefleetError("--workers must be at least 1")
     try:
         spec = PipelineSpec(
             steps=parse_steps(pipeline),
@@ -172,22 +186,6 @@ def run(
     table_only = spec.writes_table and not spec.writes_video
     pairs = resolve_outputs(inputs, output, table=table_only)
     specs = [JobSpec(new_job_id(), i, o, pipeline=spec, encode=encode, chunk_frames=chunk_frames) for i, o in pairs]
-    if gpu_backend not in ("auto", "real", "simulated"):
-        raise FacefleetError("--gpu-backend must be auto, real or simulated")
-    if sample_interval <= 0:
-        raise FacefleetError("--sample-interval must be positive")
-    pool = PoolOptions(
-        workers=workers,
-        chunks_per_worker=chunks_per_worker,
-        gpu_share=gpu_share,
-        sample_interval=sample_interval,
-        monitor=gpu_monitoring,
-        gpu_backend=gpu_backend,
-        autoscale=autoscale,
-        target_backlog_s=target_backlog,
-        idle_timeout_s=idle_timeout,
-        stall_timeout_s=_stall(stall_timeout),
-    )
     if no_state:
         if state_dir is not None:
             raise FacefleetError("--no-state and --state-dir: give one")
@@ -200,14 +198,11 @@ def run(
         try:
             outcomes = run_durable(specs, state, address, pool, err, progress=not quiet, job_id=run_id)
         except KeyboardInterrupt:
-            again = "facefleet run --resume" + (f" --state-dir {state}" if state_dir else "")
-            err.print(f"interrupted: the run is kept in {state}; `{again}` finishes it", markup=False, highlight=False, soft_wrap=True)
+            if (state / "inbox").is_dir():  # the run was stored
+                again = "facefleet run --resume" + (f" --state-dir {state}" if state_dir else "")
+                err.print(f"interrupted: the run is kept in {state}; `{again}` finishes it", markup=False, highlight=False, soft_wrap=True)
             raise
-        if not any(o.job_id.startswith(f"{run_id}-") for o in outcomes):  # every input refused: nothing stored
-            if state_dir is None:
-                with contextlib.suppress(OSError):
-                    state.rmdir()
-        else:
+        if any(o.job_id.startswith(f"{run_id}-") for o in outcomes):  # else every input was refused: nothing stored
             err.print(
                 f"run kept as job {run_id} in {state} (report: facefleet report {run_id} --state-dir {state} -o report.html)",
                 markup=False, highlight=False, soft_wrap=True,
@@ -216,21 +211,27 @@ def run(
         raise typer.Exit(1)
 
 
+RUNS_KEPT_S = 30 * 86400.0  # finished run stores older than this go when a new run starts
+
+
 def _run_store(run_id: str) -> Path:
     """A new run's own job store: runs/<run id> in the default state dir, so that runs at
-    once never wait on each other's store (nor on a `facefleet serve` there)."""
+    once never wait on each other's store (nor on a `facefleet serve` there). Made when
+    the run is stored (session.run_durable), after its inputs were checked. Finished run
+    stores older than RUNS_KEPT_S are removed first."""
+    from facefleet.jobs.session import prune_runs
     from facefleet.jobs.submit import default_state_dir
 
-    path = default_state_dir() / "runs" / run_id
-    try:
-        path.mkdir(parents=True, exist_ok=False, mode=0o700)
-    except OSError as exc:
-        raise FacefleetError(f"cannot keep the run in {path} ({exc.strerror}): give --state-dir DIR, or --no-state") from None
-    return path
+    runs = default_state_dir() / "runs"
+    prune_runs(runs, RUNS_KEPT_S)
+    return runs / run_id
 
 
 def _resume_runs(state_dir: Optional[str], address, options, progress: bool) -> bool:
-    """`run --resume`: the store given, or every unfinished run store; True when all ended done."""
+    """`run --resume`: the store given, or every unfinished run store; True when all ended
+    done. A store another process is running is left to it; an error in one store does not
+    stop the others."""
+    from facefleet.jobs.controller import StoreBusy
     from facefleet.jobs.session import run_durable, unfinished_runs
     from facefleet.jobs.submit import default_state_dir
 
@@ -241,7 +242,16 @@ def _resume_runs(state_dir: Optional[str], address, options, progress: bool) -> 
     ok = True
     for state in stores:
         err.print(f"resuming the run kept in {state}", markup=False, highlight=False, soft_wrap=True)
-        outcomes = run_durable([], state, address, options, err, resume=True, progress=progress)
+        try:
+            outcomes = run_durable([], state, address, options, err, resume=True, progress=progress)
+        except StoreBusy as exc:
+            err.print(f"skipped: {exc}", markup=False, highlight=False, soft_wrap=True)
+            ok = ok and state_dir is None  # the one store asked for was not finished
+            continue
+        except FacefleetError as exc:
+            err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+            ok = False
+            continue
         ok = ok and all(o.ok for o in outcomes)
     return ok
 

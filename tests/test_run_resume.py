@@ -48,6 +48,9 @@ def test_run_killed_mid_way_is_finished_by_run_resume(sample_factory, tmp_path):
     (state,) = runs_dir().iterdir()
     before = done_chunks(state)
     assert not out.exists()
+    # a run's segments are beside its output (as without a store: a cluster's nodes share
+    # the outputs' file system, not the driver's state dir), and found there on resume
+    assert list(tmp_path.glob(".facefleet-*/*")) and not (state / "work").exists()
     with JobStore(state, readonly=True) as store:
         (job,) = store.jobs()
         assert job.state == "running" and job.name == "run" and job.job_id == state.name
@@ -163,3 +166,51 @@ def test_an_interrupted_run_says_how_to_finish_it():
     with JobStore(state, readonly=True) as store:
         (job,) = store.jobs()
         assert job.state == "running" and store.integrity_check() == []
+
+
+def test_run_resume_skips_a_store_in_use_finishes_the_others_with_the_options_given(tmp_path):
+    """Two unfinished run stores, one held by a live controller (its lock taken here): the
+    held one is skipped with a line saying so, the other is finished, with the options
+    given to --resume (--no-monitor here), and its inputs in the summary in order."""
+    from facefleet.jobs.controller import ControllerLock
+    from facefleet.jobs.store import Inbox
+    from facefleet.jobs.submit import JobRequest, dump_settings
+
+    settings = dump_settings(PipelineSpec(), EncodeSettings(), 8)
+    outs = [str(tmp_path / "a"), str(tmp_path / "b")]
+    for name in ("busy", "idle"):
+        inputs = [("simulated://16?ms=1", f"{outs[0]}-{name}"), ("simulated://24?ms=1", f"{outs[1]}-{name}")]
+        Inbox(runs_dir() / name).put("submit", JobRequest(name, "run", 0, inputs, settings, work="beside-output").payload())
+    held = ControllerLock(runs_dir() / "busy")
+    try:
+        resumed = cli("run", "--resume", "--workers", "1", "--gpu-backend", "simulated", "--no-monitor", timeout=300)
+    finally:
+        held.release()
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"skipped: another controller is running on {runs_dir() / 'busy'}" in resumed.stderr
+    assert "GPU monitoring off (--no-monitor)" in resumed.stderr
+    lines = [line for line in resumed.stdout.splitlines() if line.startswith("ok  ")]
+    assert [line.split(": ")[0] for line in lines] == [
+        f"ok  simulated://16?ms=1 -> {outs[0]}-idle", f"ok  simulated://24?ms=1 -> {outs[1]}-idle",
+    ]
+    with JobStore(runs_dir() / "idle", readonly=True) as store:
+        assert store.job("idle").state == "done"
+    assert not (runs_dir() / "busy" / "facefleet.db").exists()  # untouched: its request still waits
+    assert Inbox(runs_dir() / "busy").pending()
+
+
+def test_finished_run_stores_are_pruned_after_their_keep_time(tmp_path):
+    from facefleet.jobs.session import prune_runs
+    from facefleet.jobs.store import Inbox
+    from facefleet.jobs.submit import JobRequest, dump_settings
+
+    old, fresh, waiting = tmp_path / "old", tmp_path / "fresh", tmp_path / "waiting"
+    for state in (old, fresh):
+        JobStore(state).close()  # a store with no job left to run
+    request = JobRequest("w", "run", 0, [("simulated://8?ms=1", "x")], dump_settings(PipelineSpec(), EncodeSettings(), 8))
+    Inbox(waiting).put("submit", request.payload())
+    long_ago = time.time() - 40 * 86400
+    for path in (old, *old.rglob("*"), waiting, *waiting.rglob("*")):
+        os.utime(path, (long_ago, long_ago))
+    assert prune_runs(tmp_path, 30 * 86400) == [old]
+    assert not old.exists() and fresh.exists() and waiting.exists()  # unfinished runs stay, however old

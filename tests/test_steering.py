@@ -155,7 +155,9 @@ def test_sample_keeper_logs_samples_beside_the_loop(cluster, tmp_path):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     keeper.stop()
-    keeper.stop()  # once only
+    fetched = len(seen)
+    keeper.stop()  # once only: no more fetches
+    assert len(seen) == fetched
     logged = keeper.read(0, time.time() + 1)
     assert logged.num_rows >= 2 and set(logged.column("gpu_uuid").to_pylist()) == {"GPU-x"}
     assert keeper.seconds > 0

@@ -25,6 +25,7 @@ from facefleet.jobs.spec import ChunkResult, JobSpec
 from facefleet.jobs.store import Inbox, JobStore, StoreError
 from facefleet.jobs.submit import job_settings
 from facefleet.media.plan import FrameRange
+from facefleet.media.storage import is_remote
 
 IDLE_SLEEP_S = 0.2
 LIVE_EVERY_S = 1.0
@@ -39,6 +40,10 @@ def split_unit(unit: str) -> tuple[str, int]:
     return job_id, int(index)
 
 
+class StoreBusy(FacefleetError):
+    """Another controller (a `serve`, or a `run` in progress) holds the state dir."""
+
+
 class ControllerLock:
     """One controller per state dir: an exclusive lock on state_dir/controller.lock."""
 
@@ -50,7 +55,7 @@ class ControllerLock:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._file.close()
-            raise FacefleetError(f"another controller is running on {state_dir} (lock {self.path})") from None
+            raise StoreBusy(f"another controller is running on {state_dir} (lock {self.path})") from None
         self._file.seek(0)
         self._file.truncate()
         self._file.write(str(os.getpid()))
@@ -210,7 +215,7 @@ class Controller:
             recorded = self.store.chunks(job_id, row.index)
             ranges = [FrameRange(c.start, c.start + c.frames) for c in recorded] or None
             try:
-                plan = plan_job(job_spec, slots, workdir=self.state_dir / "work" / unit, ranges=ranges)
+                plan = plan_job(job_spec, slots, workdir=self._workdir(job.spec, unit, row.output_uri), ranges=ranges)
             except FacefleetError as exc:
                 self.store.set_input_state(job_id, row.index, "failed", str(exc))
                 # not running: the runner never ends a unit that it gets as an outcome
@@ -232,6 +237,16 @@ class Controller:
         self.runner.add(planned)
         if not running:
             self._finish_job(job_id)
+
+    def _workdir(self, spec: dict, unit: str, output_uri: str) -> Path | None:
+        """Where a unit's segments go: the state dir's work/, or for a job stored with
+        work "beside-output" (`facefleet run`'s) and a local output, plan_job's default, a
+        hidden directory beside the output (None), as a run without a store keeps them: on
+        a cluster every node sees the outputs' shared file system, not the driver's state
+        dir. The same place on every start, so a resume finds the segments done before."""
+        if spec.get("work") == "beside-output" and not is_remote(output_uri):
+            return None
+        return self.state_dir / "work" / unit
 
     def _forget_earlier_run(self, unit: str) -> None:
         """A unit that ran before in this controller (a retry) starts afresh: the runner kept

@@ -46,7 +46,7 @@ class SampleKeeper:
         while not self._stop.wait(self.every_s):
             t0 = time.thread_time()
             self._keep()
-            self.seconds += time.thread_time() - t0
+            self._count(time.thread_time() - t0)
 
     def flush(self) -> None:
         """Fetch and log what the reporters have now (waits for a fetch under way)."""
@@ -54,7 +54,11 @@ class SampleKeeper:
             return
         t0 = time.perf_counter()
         self._keep()
-        self.seconds += time.perf_counter() - t0
+        self._count(time.perf_counter() - t0)
+
+    def _count(self, seconds: float) -> None:
+        with self._lock:
+            self.seconds += seconds
 
     def stop(self) -> None:
         """Stop the thread, then keep the last samples (once: later calls do nothing)."""

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from rich.console import Console
 
+from facefleet.errors import FacefleetError
 from facefleet.jobs.runner import JobOutcome, plan_jobs, run_planned
 from facefleet.jobs.spec import JobSpec
 from facefleet.models.manifest import get_model, license_notice
@@ -214,15 +216,13 @@ def run_durable(
     from facefleet.jobs.submit import JobRequest, absolute_path, dump_settings, load_settings, refuse_credentials
 
     refused: dict[int, JobOutcome] = {}
-    pipeline = None  # with `resume`, the workers start with the default one, as `facefleet resume`'s do
+    pipeline = stored_pipeline(state_dir) if resume else None  # the workers preload it
     if not resume:
         print_notices(specs, console)
         if address is None:
             check_models(specs)
         stored = [dump_settings(spec.pipeline, spec.encode, spec.chunk_frames) for spec in specs]
         if any(o != stored[0] for o in stored):
-            from facefleet.errors import FacefleetError
-
             raise FacefleetError("--state-dir: every input of a run must have the same settings")
         for uri in (uri for s in specs for uri in (s.input_uri, s.output_uri)):
             refuse_credentials(uri)  # the store would keep them
@@ -235,13 +235,20 @@ def run_durable(
         # absolute: `run --resume` may be started from another directory
         pairs = [(absolute_path(s.input_uri), absolute_path(s.output_uri)) for s in kept]
         job_id = job_id or new_job_id()
-        Inbox(state_dir).put("submit", JobRequest(job_id, "run", 0, pairs, stored[0]).payload())
+        try:
+            Path(state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise FacefleetError(f"cannot keep the run in {state_dir} ({exc.strerror}): give --state-dir DIR, or --no-state") from None
+        Inbox(state_dir).put("submit", JobRequest(job_id, "run", 0, pairs, stored[0], work="beside-output").payload())
         pipeline = load_settings(stored[0])[0]  # the workers preload the pipeline as stored
     before = time.time()
     with RichProgress(console, enabled=progress) as bars:
         serve_jobs(state_dir, address, options, console, until_idle=True, pipeline=pipeline, progress=bars, run=True)
     ran = stored_outcomes(state_dir, [job_id] if job_id and not resume else None, before, bars.outcomes)
-    if not resume:  # named as the user gave them (the store holds them absolute)
+    if not resume:
+        missing = "not run: the controller did not store the run (see the lines above)"
+        ran += [JobOutcome(s.job_id, s.input_uri, s.output_uri, error=missing) for s in kept[len(ran):]]
+        # named as the user gave them (the store holds them absolute)
         ran = [replace(o, input_uri=s.input_uri, output_uri=s.output_uri) for o, s in zip(ran, kept)]
     outcomes = [refused.pop(i) if i in refused else ran.pop(0) for i in range(len(refused) + len(ran))]
     print_summary(outcomes)
@@ -265,23 +272,68 @@ def stored_outcomes(state_dir, job_ids: list[str] | None, since: float, seen: di
                     outcomes.append(seen[unit])
                     continue
                 error = None if row.state == "done" else (row.error or job.error or row.state)
-                outcomes.append(JobOutcome(unit, row.input_uri, row.output_uri, frames=row.frames or 0, error=error))
+                done = [c for c in store.chunks(job.job_id, row.index) if c.state == "done"]
+                outcomes.append(JobOutcome(
+                    unit, row.input_uri, row.output_uri, frames=sum(c.frames for c in done), faces=sum(c.faces or 0 for c in done),
+                    error=error, kept_frames=sum(c.frames for c in done),  # done before this run
+                ))
     return outcomes
+
+
+def stored_pipeline(state_dir):
+    """The pipeline of the first unfinished job in a store (the one `run --resume` starts
+    its workers with), or None (the default one)."""
+    from facefleet.jobs.store import Inbox, JobStore
+    from facefleet.jobs.submit import job_settings
+
+    try:
+        for request in Inbox(state_dir).pending():
+            return job_settings(request.payload["job_id"], request.payload)[0]
+        if (Path(state_dir) / "facefleet.db").exists():
+            with JobStore(state_dir, readonly=True) as store:
+                for job in store.jobs("running") + store.jobs("queued"):
+                    return job_settings(job.job_id, job.spec)[0]
+    except FacefleetError:  # a job this version cannot read (it fails when the controller starts it), a store being made
+        pass
+    return None
+
+
+def prune_runs(root, keep_s: float) -> list:
+    """Remove the run stores under `root` that are finished and untouched for `keep_s`
+    seconds; returns those removed."""
+    import shutil
+
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    cutoff = time.time() - keep_s
+    # last touched: read before unfinished_runs opens the stores (a read touches SQLite's files)
+    stale = [s for s in sorted(root.glob("*/")) if max(p.stat().st_mtime for p in [s, *s.glob("facefleet.db*")]) < cutoff]
+    unfinished = set(unfinished_runs(root)) if stale else set()
+    removed = []
+    for state in stale:
+        if state not in unfinished:
+            shutil.rmtree(state, ignore_errors=True)
+            removed.append(state)
+    return removed
 
 
 def unfinished_runs(root) -> list:
     """The run stores under `root` (one directory per `facefleet run`) with work left:
     a request not yet taken, or a job queued or running."""
-    from pathlib import Path
-
-    from facefleet.jobs.store import Inbox, JobStore
+    from facefleet.jobs.store import Inbox, JobStore, StoreError
 
     found = []
     for state in sorted(Path(root).glob("*/")):
         if Inbox(state).pending():
             found.append(state)
         elif (state / "facefleet.db").exists():
-            with JobStore(state, readonly=True) as store:
+            try:
+                store = JobStore(state, readonly=True)
+            except StoreError:  # being created by a run starting now, or unreadable: not pruned, tried by a resume
+                found.append(state)
+                continue
+            with store:
                 if store.jobs("queued") or store.jobs("running"):
                     found.append(state)
     return found

@@ -57,9 +57,15 @@ class JobRequest:
     priority: int
     inputs: list[tuple[str, str]]
     settings: dict = field(default_factory=dict)
+    # where its segments go: "state" (the state dir's work/) or "beside-output" (a hidden
+    # directory beside each local output, as `facefleet run` keeps them; see Controller)
+    work: str = "state"
 
     def payload(self) -> dict:
-        return {"job_id": self.job_id, "name": self.name, "priority": self.priority, "inputs": self.inputs, "settings": self.settings}
+        return {
+            "job_id": self.job_id, "name": self.name, "priority": self.priority, "inputs": self.inputs,
+            "settings": self.settings, "work": self.work,
+        }
 
 
 def read_job_file(path: str) -> dict:
