@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import sys
+import time
+from dataclasses import dataclass, replace
 
 import ray
 
 from facefleet.cluster.runtime import ClusterInfo
 from facefleet.cluster.scheduler import MAX_IN_FLIGHT
 from facefleet.cluster.worker import GpuWorker
-from facefleet.errors import ClusterError, FacefleetError
+from facefleet.errors import ClusterError, FacefleetError, one_line
 from facefleet.jobs.spec import ChunkResult, ChunkTask, WorkerInfo
 from facefleet.pipeline.spec import PipelineSpec
 
 MAX_RESTARTS = 2
 START_TIMEOUT_S = 300
+START_GRACE_S = 60.0  # once one worker is up, how long the others may still take to start
 
 
 @dataclass(frozen=True)
@@ -133,24 +136,57 @@ class WorkerPool:
         self.remote = remote
         self.pipeline = pipeline
         self.actors = {i: self._start(i) for i in range(plan.workers)}
+        self._next_id = plan.workers  # ids are never reused: a retired worker's history stays its own
+        infos, late = self._await_start()
+        for worker, reason in late.items():  # the pool goes on with the workers that started
+            self.retire(worker)
+            print(f"warning: worker {worker} {reason}; going on with {len(self.actors)} worker(s)", file=sys.stderr, flush=True)
+        self.plan = replace(plan, workers=len(self.actors))
+        self.infos: dict[int, WorkerInfo] = {info.worker_id: info for info in infos}
+
+    def _await_start(self) -> tuple[list[WorkerInfo], dict[int, str]]:
+        """Wait for the workers to answer: all of them, or once one has, START_GRACE_S more
+        for the others. A worker that has not answered by then, or whose process died,
+        is left out (returned with the reason): a worker planned for a GPU whose node died
+        just before (Ray counts a dead node's GPUs for about 16 s) never starts, and
+        waiting for it held a starting controller for START_TIMEOUT_S, then failed it.
+        Raises ClusterError when no worker starts within START_TIMEOUT_S, and a worker's
+        own error (a model that cannot load, say) as it is."""
+        calls = {actor.info.remote(): worker for worker, actor in self.actors.items()}
+        pending, infos, late = list(calls), [], {}
+        deadline = time.monotonic() + START_TIMEOUT_S
         try:
-            infos = ray.get([a.info.remote() for a in self.actors.values()], timeout=START_TIMEOUT_S)
-        except ray.exceptions.GetTimeoutError:
-            self.shutdown()
-            raise ClusterError(
-                f"{plan.workers} worker(s) did not start within {START_TIMEOUT_S} s: the cluster lacks the "
-                f"resources ({plan.gpus_per_worker} GPU, {plan.cpus_per_worker} CPU each) or cannot scale up"
-            ) from None
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+                if not ready:
+                    break
+                try:
+                    infos.append(ray.get(ready[0]))
+                except ray.exceptions.RayActorError as exc:
+                    late[calls[ready[0]]] = f"could not start ({one_line(exc)[:200]})"
+                    continue
+                if len(infos) == 1:
+                    deadline = min(deadline, time.monotonic() + START_GRACE_S)
         except ray.exceptions.RayTaskError as exc:
             self.shutdown()
             cause = exc.cause if isinstance(exc.cause, Exception) else exc
             if isinstance(cause, FacefleetError):
                 raise cause from None
             raise ClusterError(f"workers could not start: {cause}") from None
-        except ray.exceptions.RayActorError as exc:
+        if not infos:
             self.shutdown()
-            raise ClusterError(f"workers could not start: {exc}") from None
-        self.infos: dict[int, WorkerInfo] = {info.worker_id: info for info in infos}
+            if late:
+                raise ClusterError(f"workers could not start: {next(iter(late.values()))}")
+            raise ClusterError(
+                f"{self.plan.workers} worker(s) did not start within {START_TIMEOUT_S} s: the cluster lacks the "
+                f"resources ({self.plan.gpus_per_worker} GPU, {self.plan.cpus_per_worker} CPU each) or cannot scale up"
+            )
+        for ref in pending:
+            late[calls[ref]] = (
+                f"did not start within {START_GRACE_S:.0f} s of the first one (its node gone, or the cluster lacks "
+                f"the resources: {self.plan.gpus_per_worker} GPU, {self.plan.cpus_per_worker} CPU each)"
+            )
+        return infos, late
 
     def _start(self, worker: int):
         slowdown = self.plan.slowdowns[worker] if worker < len(self.plan.slowdowns) else 1.0
@@ -172,7 +208,7 @@ class WorkerPool:
         want = int(round(gpus / self.plan.gpus_per_worker))
         new = []
         while len(self.actors) < want:
-            worker = max(self.actors, default=-1) + 1
+            worker, self._next_id = self._next_id, self._next_id + 1
             self.actors[worker] = self._start(worker)
             new.append(worker)
         return new

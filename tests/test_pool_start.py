@@ -1,0 +1,39 @@
+"""A pool whose workers do not all start: it goes on with those that did (a worker planned
+for the GPU of a node that just died never starts), and fails only when none starts."""
+
+from __future__ import annotations
+
+import pytest
+
+import facefleet.cluster.pool as pool_module
+from facefleet.cluster.pool import PoolPlan, WorkerPool
+from facefleet.cluster.runtime import ray_session
+from facefleet.errors import ClusterError
+from facefleet.jobs.runner import run_jobs, simulated_uri
+from facefleet.jobs.spec import JobSpec
+from facefleet.pipeline.spec import PipelineSpec
+
+
+@pytest.fixture(scope="module")
+def one_gpu():
+    with ray_session(num_cpus=2, num_gpus=1) as info:  # fake GPUs: Ray's accounting only
+        yield info
+
+
+def test_a_worker_that_cannot_start_is_left_out_after_the_grace(one_gpu, monkeypatch, capsys):
+    monkeypatch.setattr(pool_module, "START_GRACE_S", 2.0)
+    pool = WorkerPool(PoolPlan(2, gpus_per_worker=1, cpus_per_worker=0.5, chunks_per_worker=1), PipelineSpec())
+    try:
+        assert len(pool.actors) == 1 and pool.plan.workers == 1 and len(pool.infos) == 1
+        err = capsys.readouterr().err
+        assert "did not start within 2 s of the first one" in err and "going on with 1 worker(s)" in err
+        (outcome,) = run_jobs([JobSpec("left", simulated_uri(20, 1.0), "/tmp/left-out")], pool)
+        assert outcome.ok and outcome.frames == 20
+    finally:
+        pool.shutdown()
+
+
+def test_no_worker_starting_is_an_error(one_gpu, monkeypatch):
+    monkeypatch.setattr(pool_module, "START_TIMEOUT_S", 2)
+    with pytest.raises(ClusterError, match="did not start within 2 s: the cluster lacks the resources"):
+        WorkerPool(PoolPlan(1, gpus_per_worker=2, cpus_per_worker=0.5, chunks_per_worker=1), PipelineSpec())
