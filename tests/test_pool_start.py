@@ -37,3 +37,24 @@ def test_no_worker_starting_is_an_error(one_gpu, monkeypatch):
     monkeypatch.setattr(pool_module, "START_TIMEOUT_S", 2)
     with pytest.raises(ClusterError, match="did not start within 2 s: the cluster lacks the resources"):
         WorkerPool(PoolPlan(1, gpus_per_worker=2, cpus_per_worker=0.5, chunks_per_worker=1), PipelineSpec())
+
+
+def test_a_reporter_for_a_node_that_is_gone_is_dropped(one_gpu, capsys):
+    """Ray lists a SIGKILLed node alive for about 16 s: a reporter pinned to it cannot be
+    scheduled; the others start and the controller goes on without it."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from facefleet.cluster.reporter import NvmlReporter, await_reporters, start_reporters, stop_reporters
+
+    reporters = start_reporters(0.5, "simulated", wait=False)
+    gone = "ab" * 28  # a node id no node has
+    reporters[gone] = ray.remote(num_cpus=0)(NvmlReporter).options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(gone, soft=False)
+    ).remote(0.5, "simulated", node=gone)
+    try:
+        await_reporters(reporters, timeout_s=60)
+        assert gone not in reporters and len(reporters) == 1
+        assert f"no GPU reporter on node {gone[:12]}: the node is gone" in capsys.readouterr().err
+    finally:
+        stop_reporters(reporters)

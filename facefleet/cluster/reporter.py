@@ -417,11 +417,18 @@ def start_reporters(
 
 def await_reporters(actors: dict[str, Any], timeout_s: float = START_TIMEOUT_S) -> None:
     """Wait until every reporter answers; stop them all and raise ClusterError if one
-    does not start."""
+    does not start. A reporter whose node is gone (Ray still listed it alive: it takes
+    about 16 s to declare a killed node dead) is dropped from `actors` with a warning."""
     import ray
 
+    calls = {actor.info.remote(): node for node, actor in actors.items()}
     try:
-        ray.get([a.info.remote() for a in actors.values()], timeout=timeout_s)
+        for ref, node in calls.items():
+            try:
+                ray.get(ref, timeout=timeout_s)
+            except ray.exceptions.ActorUnschedulableError:
+                del actors[node]
+                print(f"warning: no GPU reporter on node {node[:12]}: the node is gone", file=sys.stderr, flush=True)
     except ray.exceptions.GetTimeoutError:
         stop_reporters(actors)
         raise ClusterError(f"the GPU reporters did not start within {timeout_s:.0f} s") from None
