@@ -116,29 +116,19 @@ def run(
 ) -> None:
     """Anonymize, enhance, debug or analyze faces in videos and images on Ray."""
     from facefleet.jobs.inputs import new_job_id, resolve_outputs
-    from facefleet.jobs.session import PoolOptions, run_specs
+    from facefleet.jobs.session import run_specs
     from facefleet.jobs.spec import JobSpec
     from facefleet.media.encode import PRESETS, EncodeSettings
     from facefleet.pipeline.anonymize import AnonymizeOptions
     from facefleet.pipeline.spec import PipelineSpec, parse_steps
 
-    if gpu_backend not in ("auto", "real", "simulated"):
-        raise FacefleetError("--gpu-backend must be auto, real or simulated")
     if sample_interval <= 0:
         raise FacefleetError("--sample-interval must be positive")
     if workers is not None and workers < 1:
         raise FacefleetError("--workers must be at least 1")
-    pool = PoolOptions(  # the same for a new run and a resumed one
-        workers=workers,
-        chunks_per_worker=chunks_per_worker,
-        gpu_share=gpu_share,
-        sample_interval=sample_interval,
-        monitor=gpu_monitoring,
-        gpu_backend=gpu_backend,
-        autoscale=autoscale,
-        target_backlog_s=target_backlog,
-        idle_timeout_s=idle_timeout,
-        stall_timeout_s=_stall(stall_timeout),
+    pool = _pool_options(  # the same for a new run and a resumed one
+        workers, chunks_per_worker, gpu_share, gpu_backend, sample_interval, stall_timeout,
+        monitor=gpu_monitoring, autoscale=autoscale, target_backlog_s=target_backlog, idle_timeout_s=idle_timeout,
     )
     if resume:
         if inputs:
@@ -397,14 +387,16 @@ def _stall(seconds: float | None) -> float | None:
     return seconds
 
 
-def _pool_options(workers, chunks_per_worker, gpu_share, gpu_backend, sample_interval, stall_timeout=None):
+def _pool_options(workers, chunks_per_worker, gpu_share, gpu_backend, sample_interval, stall_timeout=None, **more):
+    """The worker pool's options from the command line (`more`: other PoolOptions fields;
+    autoscaling off unless given)."""
     from facefleet.jobs.session import PoolOptions
 
     if gpu_backend not in ("auto", "real", "simulated"):
         raise FacefleetError("--gpu-backend must be auto, real or simulated")
     return PoolOptions(
         workers=workers, chunks_per_worker=chunks_per_worker, gpu_share=gpu_share, gpu_backend=gpu_backend,
-        sample_interval=sample_interval, autoscale=False, stall_timeout_s=_stall(stall_timeout),
+        sample_interval=sample_interval, stall_timeout_s=_stall(stall_timeout), **({"autoscale": False} | more),
     )
 
 

@@ -221,9 +221,9 @@ def run_durable(
         print_notices(specs, console)
         if address is None:
             check_models(specs)
-        stored = [dump_settings(spec.pipeline, spec.encode, spec.chunk_frames) for spec in specs]
-        if any(o != stored[0] for o in stored):
-            raise FacefleetError("--state-dir: every input of a run must have the same settings")
+        settings = dump_settings(specs[0].pipeline, specs[0].encode, specs[0].chunk_frames)  # one job: one set
+        if any(dump_settings(s.pipeline, s.encode, s.chunk_frames) != settings for s in specs[1:]):
+            raise FacefleetError("every input of a stored run must have the same settings")
         for uri in (uri for s in specs for uri in (s.input_uri, s.output_uri)):
             refuse_credentials(uri)  # the store would keep them
         planned = plan_jobs(specs)
@@ -239,8 +239,8 @@ def run_durable(
             Path(state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
             raise FacefleetError(f"cannot keep the run in {state_dir} ({exc.strerror}): give --state-dir DIR, or --no-state") from None
-        Inbox(state_dir).put("submit", JobRequest(job_id, "run", 0, pairs, stored[0], work="beside-output").payload())
-        pipeline = load_settings(stored[0])[0]  # the workers preload the pipeline as stored
+        Inbox(state_dir).put("submit", JobRequest(job_id, "run", 0, pairs, settings, work="beside-output").payload())
+        pipeline = load_settings(settings)[0]  # the workers preload the pipeline as stored
     before = time.time()
     with RichProgress(console, enabled=progress) as bars:
         serve_jobs(state_dir, address, options, console, until_idle=True, pipeline=pipeline, progress=bars, run=True)
