@@ -146,3 +146,74 @@ def test_rotation_metadata_is_kept(sample_factory, tmp_path):
     run_local(job(src, out))
     with av.open(str(out)) as c:
         assert next(c.decode(video=0)).rotation == 90
+
+
+@pytest.mark.parametrize("width,height", [(64, 48), (66, 50), (64, 46)])
+def test_segment_writer_writes_exactly_the_frames_it_was_given(tmp_path, width, height):
+    """BGR frames in, lossless x264 out: decoding the segment gives back exactly the YUV
+    planes of OpenCV's conversion, even when the caller reuses its buffers and memory just
+    freed is overwritten at once (x264 keeps frames for its lookahead and frame threads)."""
+    import av
+    import cv2
+
+    from facefleet.media.encode import SegmentWriter, to_video_frame
+
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (height, width, 3), np.uint8) for _ in range(6)]
+    wanted = [cv2.cvtColor(im, cv2.COLOR_BGR2YUV_I420) for im in images]
+    for image, planes in zip(images, wanted):
+        frame = to_video_frame(image, "yuv420p")
+        assert (frame.width, frame.height) == (width, height)
+        assert np.array_equal(frame.to_ndarray(), planes)
+    path = tmp_path / "seg.mp4"
+    writer = SegmentWriter(path, width, height, Fraction(1, 25), Fraction(25), "yuv420p", EncodeSettings(quality=100))
+    for pts, image in enumerate(images):
+        writer.write(image, pts)
+        image[:] = 0
+        scratch = [np.full((height * 3 // 2, width), 0, np.uint8) for _ in range(4)]  # reuse freed blocks
+        del scratch
+    writer.close()
+    with av.open(str(path)) as container:
+        got = [f.to_ndarray() for f in container.decode(video=0)]
+    assert len(got) == len(wanted)
+    for g, w in zip(got, wanted):
+        assert np.array_equal(g, w)
+
+
+def test_segments_are_opened_a_few_ahead_and_all_closed_when_one_is_refused(monkeypatch):
+    """Assembly opens the next segments in threads while it copies one (opening probes a
+    frame); never more than OPEN_AHEAD + 1 at once, and every one is closed when a segment
+    with other codec settings stops it."""
+    import threading
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    from facefleet.errors import OutputError
+    from facefleet.media import assemble
+
+    lock = threading.Lock()
+    state = {"open": 0, "peak": 0, "opened": []}
+
+    @contextmanager
+    def fake_open(path):
+        with lock:
+            state["open"] += 1
+            state["peak"] = max(state["peak"], state["open"])
+            state["opened"].append(path)
+        stream = SimpleNamespace(codec_context=SimpleNamespace(extradata=b"bad" if path == "s7" else b"ok"))
+        try:
+            yield SimpleNamespace(streams=SimpleNamespace(video=[stream]), demux=lambda s: iter([f"{path}-p0", f"{path}-p1"]))
+        finally:
+            with lock:
+                state["open"] -= 1
+
+    monkeypatch.setattr(assemble, "_open_segment", fake_open)
+    segments = [f"s{i}" for i in range(30)]
+    packets = []
+    with pytest.raises(OutputError, match="s7 was encoded with different codec settings"):
+        for packet in assemble._checked_segments(segments, b"ok"):
+            packets.append(packet)
+    assert packets == [f"s{i}-p{j}" for i in range(7) for j in range(2)]  # in order, up to the refused one
+    assert state["open"] == 0
+    assert state["peak"] <= assemble.OPEN_AHEAD + 1
+    assert len(state["opened"]) <= 8 + assemble.OPEN_AHEAD  # opened ahead, not all thirty

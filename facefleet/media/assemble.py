@@ -7,8 +7,10 @@ copied from the input unchanged. Packets of all streams are interleaved by time.
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import av
@@ -95,12 +97,53 @@ def _open_segment(path: Path | str) -> Iterator[av.container.InputContainer]:
         yield seg
 
 
-def _checked_segments(segments: list[Path | str], extradata: bytes | None) -> Iterator[av.Packet]:
-    """Packets of every segment, refusing segments whose codec setup differs from the first."""
-    for path in segments:
-        with _open_segment(path) as seg:
-            stream = seg.streams.video[0]
-            if stream.codec_context.extradata != extradata:
-                raise OutputError(f"segment {Path(str(path)).name} was encoded with different codec settings")
-            yield from seg.demux(stream)
+# Segments opened ahead of the one being muxed. Opening a segment runs FFmpeg's stream
+# probe, which decodes its first frame (29 ms at 1080p on the 2-core build machine: 95 %
+# of assembling 9 segments); the probe runs without the interpreter lock, so the next
+# segments are opened in threads while this one is copied.
+OPEN_AHEAD = 4
 
+
+def _opened(path: Path | str) -> tuple[ExitStack, av.container.InputContainer]:
+    """An open segment and what closes it."""
+    with ExitStack() as stack:
+        seg = stack.enter_context(_open_segment(path))
+        return stack.pop_all(), seg
+
+
+def _close(future: Future) -> None:
+    try:
+        stack, _ = future.result()
+    except Exception:
+        return  # it failed to open: nothing to close (the error is raised where it is used)
+    stack.close()
+
+
+def _checked_segments(segments: list[Path | str], extradata: bytes | None) -> Iterator[av.Packet]:
+    """Packets of every segment, refusing segments whose codec setup differs from the first.
+
+    Up to OPEN_AHEAD segments are open at once; all are closed however this ends."""
+    paths = iter(segments)
+    ahead: deque[tuple[Path | str, Future]] = deque()
+    with ThreadPoolExecutor(OPEN_AHEAD, thread_name_prefix="open-segment") as pool:
+
+        def open_next() -> None:
+            for path in paths:
+                ahead.append((path, pool.submit(_opened, path)))
+                return
+
+        try:
+            for _ in range(OPEN_AHEAD):
+                open_next()
+            while ahead:
+                path, future = ahead.popleft()
+                open_next()
+                stack, seg = future.result()
+                with stack:
+                    stream = seg.streams.video[0]
+                    if stream.codec_context.extradata != extradata:
+                        raise OutputError(f"segment {Path(str(path)).name} was encoded with different codec settings")
+                    yield from seg.demux(stream)
+        finally:
+            for _, future in ahead:
+                _close(future)
