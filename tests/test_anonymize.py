@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from facefleet.pipeline.anonymize import AnonymizeOptions, anonymize_frame, ellipse_mask, mosaic
+from facefleet.pipeline.anonymize import AnonymizeOptions, anonymize_frame, blurred, ellipse_mask, mosaic, shrunk
 
 
 def noisy(h=120, w=160, seed=0):
@@ -69,3 +69,29 @@ def test_options_are_validated():
         AnonymizeOptions(replacewith="pixelate")
     with pytest.raises(ValueError):
         AnonymizeOptions(mask_scale=0)
+
+
+@pytest.mark.parametrize("height,width", [(455, 390), (64, 48), (7, 9), (3, 2)])
+def test_shrunk_is_the_rounded_mean_of_whole_blocks(height, width):
+    """Each output pixel is the mean of one whole 4x4 block; rows and columns left over
+    after the last whole block are not read (a region smaller than a block: its mean)."""
+    rng = np.random.default_rng(3)
+    region = rng.integers(0, 256, (height, width, 3), np.uint8)
+    small = shrunk(region, 4)
+    sh, sw = max(1, height // 4), max(1, width // 4)
+    assert small.shape == (sh, sw, 3)
+    if height >= 4 and width >= 4:
+        blocks = region[: sh * 4, : sw * 4].astype(np.float64).reshape(sh, 4, sw, 4, 3).mean(axis=(1, 3))
+    else:
+        blocks = region.astype(np.float64).mean(axis=(0, 1))[None, None, :]
+    assert np.abs(small.astype(np.float64) - blocks).max() <= 0.5 + 1e-9
+
+
+def test_blurred_keeps_the_region_size_and_removes_detail():
+    import cv2
+
+    rng = np.random.default_rng(4)
+    region = rng.integers(0, 256, (455, 390, 3), np.uint8)
+    out = blurred(region)
+    assert out.shape == region.shape and out.dtype == np.uint8
+    assert cv2.Laplacian(out, cv2.CV_64F).var() < 0.01 * cv2.Laplacian(region, cv2.CV_64F).var()
