@@ -171,13 +171,20 @@ def to_video_frame(image: np.ndarray, pix_fmt: str) -> av.VideoFrame:
     """A BGR image as a frame for an encoder taking `pix_fmt`.
 
     For yuv420p (the usual case) OpenCV converts (BT.601, limited range, as swscale's
-    default) and PyAV only copies the planes: PyAV's own BGR path took 5.4 ms per 1080p
-    frame holding the interpreter lock, which stalled the stage thread beside it; this
-    one takes 0.5 ms, mostly without it. Other formats go through PyAV.
+    default) and the frame is made on OpenCV's buffer without a copy: PyAV's own BGR path
+    took 5.4 ms per 1080p frame holding the interpreter lock, which stalled the stage
+    thread beside it, and copying the converted planes into a new frame (from_ndarray)
+    still held it 1 ms per frame on the H100 machine (py-spy, 4 chunks at once). Such a
+    frame owns no FFmpeg buffer, so libavcodec copies the picture when the frame is sent
+    to the encoder (PyAV reads such a buffer's height as a multiple of 4: other even
+    heights take the copy). Other formats go through PyAV.
     """
     h, w = image.shape[:2]
     if pix_fmt == "yuv420p" and h % 2 == 0 and w % 2 == 0:
-        return av.VideoFrame.from_ndarray(cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420), format="yuv420p")
+        planes = cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420)
+        if h % 4 == 0:
+            return av.VideoFrame.from_numpy_buffer(planes, format="yuv420p")
+        return av.VideoFrame.from_ndarray(planes, format="yuv420p")
     return av.VideoFrame.from_ndarray(image, format="bgr24")
 
 
