@@ -372,11 +372,11 @@ def measure_ceiling(video: Path, gpus: int) -> dict:
     """The machine's decode+encode ceiling with facefleet's default layout and encoder
     settings (bench/encode_ceiling.py), for the 'share of the ceiling' figure."""
     sys.path.insert(0, str(ROOT))
-    from facefleet.cluster.pool import auto_chunks_per_worker
+    from facefleet.cluster.pool import plan_pool
     from facefleet.cluster.runtime import ClusterInfo
 
-    workers = max(1, gpus)
-    chunks = auto_chunks_per_worker(ClusterInfo(os.cpu_count() or 1, gpus, 1, True), workers, on_gpus=gpus > 0)
+    plan = plan_pool(ClusterInfo(os.cpu_count() or 1, gpus, 1, True))  # the workers and chunks a default run gets
+    workers, chunks = plan.workers, plan.chunks_per_worker
     cmd = [sys.executable, str(BENCH / "encode_ceiling.py"), str(video), "--processes", str(workers), "--chunks", str(chunks)]
     print(f"[ceiling] {shlex.join(cmd)}", flush=True)
     result = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])

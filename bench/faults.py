@@ -370,7 +370,8 @@ def fault_run(
         env = {k: v for k, v in env.items() if k != "RAY_ADDRESS"} | {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
         cluster = LoopbackCluster(root, nodes, gpus=workers // nodes, cpus=max(1, workers // nodes), env=env)
         env = cluster.env
-        serve_args = ["--address", cluster.address]  # one worker per GPU: after a node kill, a new life fits the GPUs left
+        # one worker per GPU (each node has as many CPUs as GPUs): after a node kill, a new life fits the GPUs left
+        serve_args = ["--address", cluster.address, "--gpu-share", "1"]
     else:
         env = env | {"RAY_ADDRESS": "local"}  # always an embedded Ray of its own
     lives: list[subprocess.Popen] = []

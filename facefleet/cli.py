@@ -19,6 +19,13 @@ app = typer.Typer(
     help="Distributed face processing for video on Ray.")
 err = Console(stderr=True)
 
+WORKERS_HELP = "Workers (default: every GPU slot, see --gpu-share; else one per node)."
+CHUNKS_HELP = (
+    "Chunks each worker processes at once (default: one per 2 of its cores on GPU workers, one per core "
+    "with enhance, 2 to 8; 2 on CPU workers)."
+)
+GPU_SHARE_HELP = "GPU fraction per worker (default 0.5: two workers per GPU); 0.25 runs 4 workers per GPU."
+
 
 @app.callback()
 def _root() -> None:
@@ -67,12 +74,9 @@ def run(
     chunk_frames: int = typer.Option(
         0, "--chunk-frames", help="Frames per chunk; 0 sizes chunks to the workers (30 to 300 frames)."
     ),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Workers (default: one per GPU, else one)."),
-    chunks_per_worker: Optional[int] = typer.Option(None, "--chunks-per-worker", help="Chunks each worker processes at once (default: one per 4 of its cores on GPU workers, at least 2; 2 on CPU workers).", show_default=False),
-    gpu_share: Optional[float] = typer.Option(
-        None, "--gpu-share", help="GPU fraction per worker; 0.25 runs 4 workers per GPU (default 1, or 0.5 when the pipeline has enhance).",
-        show_default=False,
-    ),
+    workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
+    chunks_per_worker: Optional[int] = typer.Option(None, "--chunks-per-worker", help=CHUNKS_HELP, show_default=False),
+    gpu_share: Optional[float] = typer.Option(None, "--gpu-share", help=GPU_SHARE_HELP, show_default=False),
     address: Optional[str] = typer.Option(None, "--address", help="Join this Ray cluster instead of starting one."),
     sample_interval: float = typer.Option(0.5, "--sample-interval", help="NVML reporter sampling interval, seconds."),
     gpu_backend: str = typer.Option("auto", "--gpu-backend", help="GPU metrics: auto | real (NVML) | simulated."),
@@ -406,9 +410,9 @@ def serve(
     state_dir: Optional[str] = typer.Option(None, "--state-dir", help=STATE_HELP),
     metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics on this port (9480 is the usual one)."),
     metrics_host: str = typer.Option("127.0.0.1", "--metrics-host", help="Address the metrics server binds."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Workers (default: one per GPU, else one)."),
-    chunks_per_worker: Optional[int] = typer.Option(None, "--chunks-per-worker", help="Chunks each worker processes at once (default: one per 4 of its cores on GPU workers, at least 2; 2 on CPU workers).", show_default=False),
-    gpu_share: float = typer.Option(1.0, "--gpu-share", help="GPU fraction per worker."),
+    workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
+    chunks_per_worker: Optional[int] = typer.Option(None, "--chunks-per-worker", help=CHUNKS_HELP, show_default=False),
+    gpu_share: Optional[float] = typer.Option(None, "--gpu-share", help=GPU_SHARE_HELP, show_default=False),
     gpu_backend: str = typer.Option("auto", "--gpu-backend", help="GPU metrics: auto | real | simulated."),
     sample_interval: float = typer.Option(0.5, "--sample-interval", help="NVML sampling interval, seconds."),
     price: Optional[float] = typer.Option(None, "--price-per-gpu-hour", help="For the cost estimate in job reports."),
@@ -431,8 +435,8 @@ def serve(
 def resume(
     address: Optional[str] = typer.Option(None, "--address", help="Join this Ray cluster instead of starting one."),
     state_dir: Optional[str] = typer.Option(None, "--state-dir", help=STATE_HELP),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Workers (default: one per GPU, else one)."),
-    chunks_per_worker: Optional[int] = typer.Option(None, "--chunks-per-worker", help="Chunks each worker processes at once (default: one per 4 of its cores on GPU workers, at least 2; 2 on CPU workers).", show_default=False),
+    workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
+    chunks_per_worker: Optional[int] = typer.Option(None, "--chunks-per-worker", help=CHUNKS_HELP, show_default=False),
     gpu_backend: str = typer.Option("auto", "--gpu-backend", help="GPU metrics: auto | real | simulated."),
     stall_timeout: Optional[float] = typer.Option(
         None, "--stall-timeout", help="Seconds a chunk may go without progress before its worker is restarted and the chunk retried (default 300, or FACEFLEET_STALL_TIMEOUT_S; 0: never).", show_default=False
@@ -441,7 +445,7 @@ def resume(
     """After a controller crash: finish every unfinished job (done chunks are kept), then stop."""
     from facefleet.jobs.session import serve_jobs
 
-    options = _pool_options(workers, chunks_per_worker, 1.0, gpu_backend, 0.5, stall_timeout)
+    options = _pool_options(workers, chunks_per_worker, None, gpu_backend, 0.5, stall_timeout)
     serve_jobs(_state(state_dir), address, options, err, until_idle=True)
 
 

@@ -31,7 +31,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def pool(cluster):
-    p = WorkerPool(plan_pool(cluster), PipelineSpec())
+    p = WorkerPool(plan_pool(cluster, gpu_share=1.0), PipelineSpec())  # one worker per GPU
     yield p
     p.shutdown()
 
@@ -66,16 +66,23 @@ def test_one_worker_per_gpu_each_pinned_to_its_own(cluster, pool):
 
 def test_plan_pool_shares_gpus_and_cores():
     node = ClusterInfo(cpus=16, gpus=1, nodes=1, embedded=True)
-    plan = plan_pool(node)  # one worker per GPU; its 4 chunks (one per 4 cores) share the 16 cores
-    assert (plan.workers, plan.gpus_per_worker, plan.chunks_per_worker, plan.media_threads) == (1, 1, 4, 4)
+    plan = plan_pool(node)  # two workers per GPU; their 4 chunks each (one per 2 cores) share the 16 cores
+    assert (plan.workers, plan.gpus_per_worker, plan.chunks_per_worker, plan.media_threads) == (2, 0.5, 4, 2)
+    plan = plan_pool(node, gpu_share=1.0)  # one worker: 8 chunks, one per 2 cores
+    assert (plan.workers, plan.gpus_per_worker, plan.chunks_per_worker, plan.media_threads) == (1, 1, 8, 2)
     plan = plan_pool(node, chunks_per_worker=2)
-    assert (plan.chunks_per_worker, plan.media_threads) == (2, 8)
-    plan = plan_pool(node, gpu_share=0.25)  # 4 cores per worker: the 2-chunk minimum
+    assert (plan.chunks_per_worker, plan.media_threads) == (2, 4)
+    plan = plan_pool(node, gpu_share=0.25)  # 4 cores per worker: 2 chunks
     assert (plan.workers, plan.gpus_per_worker, plan.chunks_per_worker, plan.media_threads) == (4, 0.25, 2, 2)
-    wide = plan_pool(ClusterInfo(cpus=128, gpus=2, nodes=2, embedded=False))  # 64 cores per GPU: capped
-    assert (wide.workers, wide.chunks_per_worker) == (2, 8)
+    wide = plan_pool(ClusterInfo(cpus=128, gpus=2, nodes=2, embedded=False))  # 32 cores per worker: capped
+    assert (wide.workers, wide.chunks_per_worker) == (4, 8)
     big = plan_pool(ClusterInfo(cpus=128, gpus=8, nodes=1, embedded=True), chunks_per_worker=4, gpu_share=0.25)
     assert (big.workers, big.media_threads) == (32, 1)
+    small = plan_pool(ClusterInfo(cpus=4, gpus=1, nodes=1, embedded=True))
+    assert (small.workers, small.chunks_per_worker) == (2, 2)  # 2 cores each: the 2-chunk minimum
+    # each GPU worker takes a CPU: with fewer than two CPUs per GPU, one worker per GPU
+    assert plan_pool(ClusterInfo(cpus=2, gpus=2, nodes=2, embedded=False)).workers == 2
+    assert plan_pool(ClusterInfo(cpus=2, gpus=2, nodes=2, embedded=False), gpu_share=0.5).workers == 4  # as told
     with pytest.raises(Exception, match="more workers"):
         plan_pool(node, workers=2, gpu_share=1.0)
 

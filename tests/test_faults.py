@@ -219,7 +219,8 @@ def test_a_node_killed_in_a_multi_job_run(tmp_path):
     try:
         c.wait_for_nodes()
         proc = subprocess.Popen(
-            [*FACEFLEET, "serve", "--address", c.address, "--state-dir", str(state), "--gpu-backend", "simulated", "--until-idle"],
+            [*FACEFLEET, "serve", "--address", c.address, "--state-dir", str(state), "--gpu-backend", "simulated",
+             "--gpu-share", "1", "--until-idle"],  # one worker per GPU node (each has one CPU)
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )
         at, delay = rng.randint(1, total_chunks // 2), rng.uniform(0.0, 0.5)

@@ -63,7 +63,7 @@ def test_chunks_spread_over_nodes_and_a_removed_node_loses_nothing(cluster, samp
     assert set(reporters) == {n["NodeID"] for n in ray.nodes() if n["Alive"]}  # one per node (head too)
     assert len(reporters) == 3
     stop_reporters(reporters)
-    pool = WorkerPool(plan_pool(describe_cluster(embedded=False)), PipelineSpec())
+    pool = WorkerPool(plan_pool(describe_cluster(embedded=False), gpu_share=1.0), PipelineSpec())
     try:
         assert len({info.node_id for info in pool.infos.values()}) == 2  # one worker per GPU node
         clean = run_jobs([spec(src, tmp_path / "clean.mp4")], pool)[0]
@@ -83,7 +83,7 @@ def test_chunks_spread_over_nodes_and_a_removed_node_loses_nothing(cluster, samp
 
 def test_a_node_that_joins_mid_job_gets_a_worker_and_work(cluster, tmp_path):
     c, _ = cluster
-    pool = WorkerPool(plan_pool(describe_cluster(embedded=False)), PipelineSpec())
+    pool = WorkerPool(plan_pool(describe_cluster(embedded=False), gpu_share=1.0), PipelineSpec())
     # simulated chunks of a fixed cost (1200 frames x 30 ms over 2 workers: about 18 s), so the
     # job outlasts the new worker's start however loaded the machine is (with a real 120-frame
     # video it sometimes ended before the new worker was up)

