@@ -214,3 +214,23 @@ def test_finished_run_stores_are_pruned_after_their_keep_time(tmp_path):
         os.utime(path, (long_ago, long_ago))
     assert prune_runs(tmp_path, 30 * 86400) == [old]
     assert not old.exists() and fresh.exists() and waiting.exists()  # unfinished runs stay, however old
+
+
+def test_a_run_on_a_store_another_controller_runs_is_refused_and_leaves_no_request(sample_factory, tmp_path):
+    """`run --state-dir` on a store that `serve` (here: its lock) holds stops with one line
+    before its request reaches the store's inbox; before, `run` failed and the controller
+    then ran the job anyway."""
+    from facefleet.jobs.controller import ControllerLock
+    from facefleet.jobs.store import Inbox
+
+    src, _ = sample_factory(SampleSpec(width=160, height=120, frames=8, gop=8, seed=8), name="busy.mp4")
+    store = tmp_path / "store"
+    held = ControllerLock(store)
+    try:
+        ran = cli("run", str(src), "-o", str(tmp_path / "out.mp4"), "--state-dir", str(store), timeout=60)
+    finally:
+        held.release()
+    assert ran.returncode != 0 and "Traceback" not in ran.stderr
+    assert "another controller is running on" in ran.stderr
+    assert Inbox(store).pending() == []
+    assert not (tmp_path / "out.mp4").exists()

@@ -146,11 +146,13 @@ def serve_jobs(
     pipeline=None,
     progress=None,
     run: bool = False,
+    lock=None,
 ) -> None:
     """The controller (`facefleet serve` and `facefleet resume`): start or join Ray, resume
     unfinished jobs, take requests from the inbox until stopped (or, with `until_idle`,
     until nothing is left to do). With `run` (`facefleet run`), it also scales the cluster
-    as a run does (see `scaling`) and shows `progress` (a JobProgress)."""
+    as a run does (see `scaling`) and shows `progress` (a JobProgress). `lock`: the state
+    dir's ControllerLock when the caller took it already (released here at the end)."""
     from facefleet.cluster.monitor import GpuMonitor
     from facefleet.cluster.pool import WorkerPool, plan_pool
     from facefleet.cluster.reporter import await_reporters, stop_reporters
@@ -158,7 +160,7 @@ def serve_jobs(
     from facefleet.jobs.controller import Controller, ControllerLock
     from facefleet.pipeline.spec import PipelineSpec
 
-    lock = ControllerLock(state_dir)
+    lock = lock or ControllerLock(state_dir)
     metrics = None
     try:
         if metrics_port is not None:
@@ -211,12 +213,14 @@ def run_durable(
     chunks kept. Inputs refused when planned (missing, not media, ...) fail before the
     store and Ray: they are only in the summary. With `resume`, no new job: every
     unfinished job in the store is finished. Returns one outcome per input, in order."""
+    from facefleet.jobs.controller import ControllerLock
     from facefleet.jobs.inputs import new_job_id
     from facefleet.jobs.store import Inbox
     from facefleet.jobs.submit import JobRequest, absolute_path, dump_settings, load_settings, refuse_credentials
 
     refused: dict[int, JobOutcome] = {}
     pipeline = stored_pipeline(state_dir) if resume else None  # the workers preload it
+    lock = None
     if not resume:
         print_notices(specs, console)
         if address is None:
@@ -239,11 +243,18 @@ def run_durable(
             Path(state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
             raise FacefleetError(f"cannot keep the run in {state_dir} ({exc.strerror}): give --state-dir DIR, or --no-state") from None
-        Inbox(state_dir).put("submit", JobRequest(job_id, "run", 0, pairs, settings, work="beside-output").payload())
+        # the store's controller lock before the request: a store that `serve` (or another
+        # run) is running is refused here, instead of that controller running the job anyway
+        lock = ControllerLock(Path(state_dir))
+        try:
+            Inbox(state_dir).put("submit", JobRequest(job_id, "run", 0, pairs, settings, work="beside-output").payload())
+        except BaseException:
+            lock.release()
+            raise
         pipeline = load_settings(settings)[0]  # the workers preload the pipeline as stored
     before = time.time()
     with RichProgress(console, enabled=progress) as bars:
-        serve_jobs(state_dir, address, options, console, until_idle=True, pipeline=pipeline, progress=bars, run=True)
+        serve_jobs(state_dir, address, options, console, until_idle=True, pipeline=pipeline, progress=bars, run=True, lock=lock)
     ran = stored_outcomes(state_dir, [job_id] if job_id and not resume else None, before, bars.outcomes)
     if not resume:
         missing = "not run: the controller did not store the run (see the lines above)"
