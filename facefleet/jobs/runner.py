@@ -84,13 +84,13 @@ class JobOutcome:
 
 
 class JobProgress(Protocol):
-    def started(self, job_id: str, input_uri: str, total_frames: int) -> None: ...
+    def started(self, job_id: str, input_uri: str, total_frames: int, done_before: int = 0) -> None: ...
     def advanced(self, job_id: str, frames_done: int) -> None: ...
     def ended(self, outcome: JobOutcome) -> None: ...
 
 
 class NoProgress:
-    def started(self, job_id: str, input_uri: str, total_frames: int) -> None:
+    def started(self, job_id: str, input_uri: str, total_frames: int, done_before: int = 0) -> None:
         pass
 
     def advanced(self, job_id: str, frames_done: int) -> None:
@@ -508,7 +508,8 @@ class JobRunner:
                     item.tasks = video_tasks(item.spec, item.info, item.workdir, self.slots)
                 elif item.simulated:
                     item.tasks = plan_simulated(item.spec, item.workdir, self.slots).tasks
-            self.progress.started(job_id, item.spec.input_uri, item.total_frames)
+            done_before = sum(r.frames for r in item.results.values())  # results known now: resumed
+            self.progress.started(job_id, item.spec.input_uri, item.total_frames, done_before)
             if not item.simulated:
                 item.workdir.mkdir(parents=True, exist_ok=True)
             item.started = now

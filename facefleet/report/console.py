@@ -24,9 +24,13 @@ from facefleet.jobs.runner import JobOutcome
 
 
 class FpsColumn(ProgressColumn):
+    """Frames per second of this run: frames done before a resume (field `kept`) count
+    toward the bar, not toward the rate."""
+
     def render(self, task: Task) -> Text:
         elapsed = task.elapsed or 0.0
-        fps = task.completed / elapsed if elapsed > 0 else 0.0
+        fresh = task.completed - task.fields.get("kept", 0)
+        fps = fresh / elapsed if elapsed > 0 else 0.0
         return Text(f"{fps:6.1f} fps", style="progress.data.speed")
 
 
@@ -57,15 +61,19 @@ class RichProgress:
     def __exit__(self, *exc) -> None:
         self._progress.stop()
 
-    def started(self, job_id: str, input_uri: str, total_frames: int) -> None:
+    def started(self, job_id: str, input_uri: str, total_frames: int, done_before: int = 0) -> None:
+        """`done_before`: frames of chunks an earlier run finished (a resume): shown as done,
+        left out of the rate and of the ETA's speed (rich samples only later updates)."""
         name = shown(Path(input_uri).name)[:40]
-        self._tasks[job_id] = self._progress.add_task(escape(name), total=total_frames, start=False)
+        self._tasks[job_id] = self._progress.add_task(
+            escape(name), total=total_frames, completed=done_before, start=False, kept=done_before
+        )
 
     def advanced(self, job_id: str, frames_done: int) -> None:
         task = self._tasks.get(job_id)
         if task is None:
             return
-        if frames_done and not self._progress.tasks[task].started:
+        if frames_done > self._progress.tasks[task].fields["kept"] and not self._progress.tasks[task].started:
             self._progress.start_task(task)
         self._progress.update(task, completed=frames_done)
 
