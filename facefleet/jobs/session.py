@@ -243,6 +243,7 @@ def run_durable(
             Path(state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
             raise FacefleetError(f"cannot keep the run in {state_dir} ({exc.strerror}): give --state-dir DIR, or --no-state") from None
+        pipeline = load_settings(settings)[0]  # the workers preload the pipeline as stored
         # the store's controller lock before the request: a store that `serve` (or another
         # run) is running is refused here, instead of that controller running the job anyway
         lock = ControllerLock(Path(state_dir))
@@ -251,7 +252,6 @@ def run_durable(
         except BaseException:
             lock.release()
             raise
-        pipeline = load_settings(settings)[0]  # the workers preload the pipeline as stored
     before = time.time()
     with RichProgress(console, enabled=progress) as bars:
         serve_jobs(state_dir, address, options, console, until_idle=True, pipeline=pipeline, progress=bars, run=True, lock=lock)

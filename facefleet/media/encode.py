@@ -174,10 +174,11 @@ def to_video_frame(image: np.ndarray, pix_fmt: str) -> av.VideoFrame:
     default) and the frame is made on OpenCV's buffer without a copy: PyAV's own BGR path
     took 5.4 ms per 1080p frame holding the interpreter lock, which stalled the stage
     thread beside it, and copying the converted planes into a new frame (from_ndarray)
-    still held it 1 ms per frame on the H100 machine (py-spy, 4 chunks at once). Such a
-    frame owns no FFmpeg buffer, so libavcodec copies the picture when the frame is sent
-    to the encoder (PyAV reads such a buffer's height as a multiple of 4: other even
-    heights take the copy). Other formats go through PyAV.
+    still held it 1 ms per frame on the H100 machine (py-spy, 4 chunks at once). x264
+    copies every picture it is given into frames of its own, so the buffer may be reused
+    once the frame is sent (tests/test_media.py overwrites it at once). PyAV reads such a
+    buffer's height as a multiple of 4: other even heights take the copy. Other formats
+    go through PyAV.
     """
     h, w = image.shape[:2]
     if pix_fmt == "yuv420p" and h % 2 == 0 and w % 2 == 0:
