@@ -123,6 +123,11 @@ class PlannedJob:
         return len(self.results) == len(self.tasks)
 
     @property
+    def kept_frames(self) -> int:
+        """Frames of the chunks an earlier run did (a resume)."""
+        return sum(r.frames for i, r in self.results.items() if i in self.kept)
+
+    @property
     def simulated(self) -> bool:
         return bool(self.tasks) and self.tasks[0].kind == "simulated"
 
@@ -299,7 +304,7 @@ def outcome_of(job: PlannedJob) -> JobOutcome:
         providers=tuple(providers),
         error=job.error,
         models={name: how for r in results for name, how in r.models.items()},
-        kept_frames=sum(r.frames for i, r in job.results.items() if i in job.kept),
+        kept_frames=job.kept_frames,
     )
 
 
@@ -508,8 +513,7 @@ class JobRunner:
                     item.tasks = video_tasks(item.spec, item.info, item.workdir, self.slots)
                 elif item.simulated:
                     item.tasks = plan_simulated(item.spec, item.workdir, self.slots).tasks
-            done_before = sum(r.frames for r in item.results.values())  # results known now: resumed
-            self.progress.started(job_id, item.spec.input_uri, item.total_frames, done_before)
+            self.progress.started(job_id, item.spec.input_uri, item.total_frames, item.kept_frames)
             if not item.simulated:
                 item.workdir.mkdir(parents=True, exist_ok=True)
             item.started = now

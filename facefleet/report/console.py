@@ -73,7 +73,8 @@ class RichProgress:
         task = self._tasks.get(job_id)
         if task is None:
             return
-        if frames_done > self._progress.tasks[task].fields["kept"] and not self._progress.tasks[task].started:
+        shown_task = self._progress.tasks[task]
+        if frames_done > shown_task.fields["kept"] and not shown_task.started:
             self._progress.start_task(task)
         self._progress.update(task, completed=frames_done)
 
