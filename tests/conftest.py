@@ -25,14 +25,18 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def sample_factory(tmp_path_factory):
-    """make(spec) -> (path, truth); videos are cached per spec for the whole session."""
-    cache: dict[SampleSpec, tuple[Path, list]] = {}
+    """make(spec, name) -> (path, truth); videos are cached per spec and name for the whole
+    session (a test that names its file gets that name, whoever made the spec first)."""
+    cache: dict[tuple[SampleSpec, str | None], tuple[Path, list]] = {}
     root = tmp_path_factory.mktemp("samples")
 
     def make(spec: SampleSpec = SampleSpec(), name: str | None = None):
-        if spec not in cache:
-            path = root / (name or f"sample{len(cache)}.{spec.container}")
-            cache[spec] = (path, make_sample_video(path, DATA, spec))
-        return cache[spec]
+        key = (spec, name)
+        if key not in cache:
+            folder = root / str(len(cache))  # one per video: two specs may share a name
+            folder.mkdir()
+            path = folder / (name or f"sample.{spec.container}")
+            cache[key] = (path, make_sample_video(path, DATA, spec))
+        return cache[key]
 
     return make
