@@ -57,8 +57,9 @@ def test_shared_gpu_workers_get_a_memory_limit():
 
 
 def test_cuda_detector_preprocesses_on_the_gpu(data_dir):
-    """The auto path of a CUDA detector is the preprocessing graph on CUDA (uint8 frames in,
-    IO binding to the detector), and its boxes agree with the CPU path within 1 px."""
+    """The auto path of a CUDA detector is the split one (frames resized on the host, then
+    the preprocessing graph on CUDA, uint8 in, IO binding to the detector); it and the
+    whole-graph path agree with the CPU path within 1 px."""
     two = cv2.imread(str(data_dir / "two_people.jpg"))
     frame = np.zeros((1080, 1920, 3), np.uint8)
     frame[100 : 100 + two.shape[0], 300 : 300 + two.shape[1]] = two
@@ -69,16 +70,20 @@ def test_cuda_detector_preprocesses_on_the_gpu(data_dir):
         for batch in ([frame] * 5, [two] * 3):  # short batches: rows padded to max_batch
             on_gpu = FaceDetector(gpu, 640, max_batch=8)
             found = on_gpu.detect(batch)
-            assert on_gpu.last_preprocess == "graph" and on_gpu.graph_failure is None
+            assert on_gpu.last_preprocess == "split" and on_gpu.graph_failure is None
             assert [g.provider for g in on_gpu.graphs] == [CUDA]
             assert on_gpu.graphs[0].plan.rows == 8
+            whole = FaceDetector(gpu, 640, max_batch=8, preprocess="graph")
+            on_graph = whole.detect(batch)
+            assert whole.last_preprocess == "graph" and [g.provider for g in whole.graphs] == [CUDA]
             host_gpu = FaceDetector(gpu, 640, max_batch=8, preprocess="host").detect(batch)
             host_cpu = FaceDetector(cpu, 640).detect(batch)
             assert [len(x) for x in found] == [len(x) for x in host_cpu] == [2] * len(batch)
-            for a, b, c in zip(found, host_gpu, host_cpu):
-                oa, ob, oc = (np.argsort(x.boxes[:, 0]) for x in (a, b, c))
+            for a, b, c, d in zip(found, host_gpu, host_cpu, on_graph):
+                oa, ob, oc, od = (np.argsort(x.boxes[:, 0]) for x in (a, b, c, d))
                 np.testing.assert_allclose(a.boxes[oa], b.boxes[ob], atol=1.0)
                 np.testing.assert_allclose(a.boxes[oa], c.boxes[oc], atol=1.0)
+                np.testing.assert_allclose(d.boxes[od], c.boxes[oc], atol=1.0)
 
 
 def test_fp16_on_cuda_finds_the_same_faces_as_fp32(data_dir):

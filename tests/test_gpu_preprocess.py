@@ -163,6 +163,30 @@ def test_detections_agree_with_batches_and_angles(cpu_session, photos):
     assert_same_detections(a, b)
 
 
+def test_split_path_feeds_the_graph_resized_frames_and_matches_the_host_path(cpu_session, photos):
+    """"split": OpenCV resizes on the host (as prepare_batch does), the graph only pads,
+    orders channels and normalises, so its model input equals the host path's tensor."""
+    frames = photos["two_people"] * 3
+    split = FaceDetector(cpu_session, 640, max_batch=4, preprocess="split")
+    found = split.detect(frames)
+    assert split.last_preprocess == "split" and split.graph_failure is None
+    height, width = frames[0].shape[:2]
+    geom = split.geometry(width, height)
+    assert split.graphs
+    for pre in split.graphs:
+        assert pre.plan.frame == tuple(geom.resized) != (width, height)  # resized frames went in
+        assert "Resize" not in {node.op_type for node in build_graph(pre.plan).graph.node}
+    pre = split.graphs[0]
+    some = frames[: pre.plan.rows]
+    spec = cpu_session.spec
+    expected = prepare_batch(some, geom, spec.channels, spec.scale, spec.mean, spec.std)
+    resized = [detect_module.resized_frame(f, geom) for f in some]
+    np.testing.assert_allclose(pre(resized).numpy()[: len(some)], expected, rtol=0, atol=1e-5)
+    host = FaceDetector(cpu_session, 640, max_batch=4, preprocess="host").detect(frames)
+    assert sum(len(x) for x in host) >= 6
+    assert_same_detections(host, found)
+
+
 # ---------------------------------------------------------------------------- selection
 
 
@@ -171,6 +195,13 @@ def test_auto_uses_the_host_path_on_the_cpu_provider(cpu_session, photos):
     assert cpu_session.provider == CPU and not detector.uses_graph
     detector.detect(photos["obama"])
     assert detector.last_preprocess == "host" and detector.graphs == []
+
+
+def test_auto_takes_the_split_way_for_a_detector_on_a_gpu(cpu_session, monkeypatch):
+    monkeypatch.setattr(type(cpu_session), "on_gpu", property(lambda self: True))
+    assert FaceDetector(cpu_session, 640).way == "split"
+    assert FaceDetector(cpu_session, 640, preprocess="graph").way == "graph"
+    assert FaceDetector(cpu_session, 640, preprocess="host").way == "host"
 
 
 def test_mode_from_argument_and_environment(monkeypatch):
@@ -182,7 +213,7 @@ def test_mode_from_argument_and_environment(monkeypatch):
     monkeypatch.setenv(PREPROCESS_ENV, "gpu-please")
     with pytest.warns(RuntimeWarning, match=PREPROCESS_ENV):
         assert preprocess_mode() == "auto"
-    with pytest.raises(ValueError, match="auto, graph, host"):
+    with pytest.raises(ValueError, match="auto, graph, split, host"):
         preprocess_mode("fast")
 
 

@@ -11,15 +11,23 @@ frame and clips the boxes. Model I/O conventions follow FaceFusion's published m
 (scrfd, retinaface, yolo_face, yunet) and MediaPipe's (blazeface); the pixel
 normalisation of each model comes from its ModelSpec.
 
-Preprocessing (resize, pad, channel order, normalise) runs in one of two ways, with the
+Preprocessing (resize, pad, channel order, normalise) runs in one of three ways, with the
 same result up to the resize's rounding (boxes agree within a pixel):
 - "host": `prepare_batch` on the CPU with OpenCV, a float32 batch fed to the model;
 - "graph": a small ONNX graph on the detector's own device (facefleet.models.preprocess)
-  fed uint8 frames, its output handed to the detector on the device through IO binding.
-"auto" (the default) takes the graph when the detector runs on CUDA, where it moves a
-quarter of the bytes to the GPU and takes the resizes off the CPU, and the host path
-otherwise. FaceDetector's `preprocess` argument or the environment variable
-FACEFLEET_DETECT_PREPROCESS (auto, graph, host) forces either way, e.g. for benchmarks.
+  fed uint8 frames, its output handed to the detector on the device through IO binding;
+- "split": the frames resized on the CPU with OpenCV (as "host" does, so the same values),
+  then fed as uint8 to the graph, which pads, orders channels and normalises on the device.
+  onnxruntime copies a bound input to the device while holding Python's interpreter lock
+  (1.3 ms per 1080p frame under py-spy on the H100 machine, where it stalled the chunk
+  threads beside it); a resized frame is a ninth of the bytes, and OpenCV's resize lets go
+  of the lock.
+"auto" (the default) takes "split" when the detector runs on CUDA, the host path
+otherwise. At 1080p with detection at 640 on the H100 machine a detector call took 1.16 ms
+per frame split, 1.55 ms graph, 2.25 ms host (bench/results/detect_preprocess_h100.json),
+and the split way moves 0.7 MB per frame to the GPU, against 6.2 MB (graph) and 2.9 MB
+(host's float32 tensor). FaceDetector's `preprocess` argument or the environment variable
+FACEFLEET_DETECT_PREPROCESS (auto, graph, split, host) forces a way, e.g. for benchmarks.
 A graph that cannot be built or fails its first run falls back to the host path, with
 one warning.
 """
@@ -45,7 +53,8 @@ from facefleet.pipeline.geometry import DetectGeometry, detect_geometry, nms
 NMS_IOU = 0.4
 DECODERS = ("centerface", "yunet", "scrfd", "retinaface", "yolo_face", "blazeface")
 PREPROCESS_ENV = "FACEFLEET_DETECT_PREPROCESS"
-PREPROCESS_CHOICES = ("auto", "graph", "host")
+PREPROCESS_CHOICES = ("auto", "graph", "split", "host")
+AUTO_ON_GPU = "split"  # H100 machine: 1.16 ms per 1080p frame, "graph" 1.55 (bench/detect_preprocess.py)
 GRAPHS_KEPT = 4  # preprocessing graphs kept per detector (one per frame size and batch rows)
 Decoded = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes (N,4), scores (N,), landmarks (N,5,2)
 
@@ -80,6 +89,15 @@ def fixed_geometry(width: int, height: int, input_size: tuple[int, int]) -> Dete
     return DetectGeometry(scale=scale, resized=(rw, rh), padded=(iw, ih))
 
 
+def resized_frame(frame: np.ndarray, geom: DetectGeometry) -> np.ndarray:
+    """A BGR frame at the detector's resized size (OpenCV INTER_LINEAR; the frame itself
+    when it has that size already)."""
+    rw, rh = geom.resized
+    if frame.shape[1] == rw and frame.shape[0] == rh:
+        return frame
+    return cv2.resize(frame, (rw, rh), interpolation=cv2.INTER_LINEAR)
+
+
 def prepare_batch(
     frames: list[np.ndarray],
     geom: DetectGeometry,
@@ -97,7 +115,7 @@ def prepare_batch(
     rw, rh = geom.resized
     batch = np.zeros((len(frames), ph, pw, 3), dtype=np.uint8)
     for i, frame in enumerate(frames):
-        batch[i, :rh, :rw] = cv2.resize(frame, (rw, rh), interpolation=cv2.INTER_LINEAR)
+        batch[i, :rh, :rw] = resized_frame(frame, geom)
     if channels == "RGB":
         batch = batch[..., ::-1]
     out = np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)
@@ -509,7 +527,7 @@ class FaceDetector:
     results, mapped back, by NMS whose overlap threshold `nms_iou` defaults to FaceFusion's
     (0.4 for one angle, down to 0.1 for four). `max_batch` bounds the frames per model
     call; a model whose graph pins its batch size is called with that many frames.
-    `preprocess` is "auto", "graph" or "host" (None: $FACEFLEET_DETECT_PREPROCESS, else
+    `preprocess` is "auto", "graph", "split" or "host" (None: $FACEFLEET_DETECT_PREPROCESS, else
     auto; see the module docstring); `last_preprocess` says which one the last call took.
     """
 
@@ -542,7 +560,7 @@ class FaceDetector:
         self.max_batch = max_batch
         self.nms_iou = nms_iou if nms_iou is not None else angle_nms_iou(len(self.angles))
         self.preprocess = preprocess_mode(preprocess)
-        self.last_preprocess: str | None = None  # "graph" or "host", once a call ran
+        self.last_preprocess: str | None = None  # "graph", "split" or "host", once a call ran
         self.graph_failure: str | None = None  # why the graph path was given up, if it was
         self._graphs: OrderedDict[tuple, DevicePreprocessor] = OrderedDict()
         self._graphs_lock = threading.Lock()
@@ -587,14 +605,21 @@ class FaceDetector:
         return results
 
     @property
+    def way(self) -> str:
+        """How the next call preprocesses: "graph", "split" or "host"."""
+        if self.graph_failure is not None or self.preprocess == "host":
+            return "host"
+        if self.preprocess == "auto" and not self.model.on_gpu:
+            return "host"
+        # a real onnxruntime session with one image input (a stand-in has no IO binding)
+        if not hasattr(self.model.session, "io_binding") or self.model.spec.extra_inputs:
+            return "host"
+        return AUTO_ON_GPU if self.preprocess == "auto" else self.preprocess
+
+    @property
     def uses_graph(self) -> bool:
         """Whether calls preprocess with the ONNX graph on the model's device."""
-        if self.graph_failure is not None or self.preprocess == "host":
-            return False
-        if self.preprocess == "auto" and not self.model.on_gpu:
-            return False
-        # a real onnxruntime session with one image input (a stand-in has no IO binding)
-        return hasattr(self.model.session, "io_binding") and not self.model.spec.extra_inputs
+        return self.way != "host"
 
     @property
     def graphs(self) -> list[DevicePreprocessor]:
@@ -616,7 +641,11 @@ class FaceDetector:
 
     def _run_graph(self, chunk: list[np.ndarray], geom: DetectGeometry, rows: int) -> list[np.ndarray] | None:
         """The model's outputs for `chunk` preprocessed on its device, padded to `rows`
-        rows; None when the graph cannot run (then the host path takes over for good)."""
+        rows; None when the graph cannot run (then the host path takes over for good).
+        The "split" way resizes the frames here first; the graph then has no Resize."""
+        way = self.way
+        if way == "split":
+            chunk = [resized_frame(f, geom) for f in chunk]
         frame_h, frame_w = chunk[0].shape[:2]
         key = (frame_w, frame_h, rows, tuple(geom.resized), tuple(geom.padded))
         with self._graphs_lock:
@@ -649,7 +678,7 @@ class FaceDetector:
                 self._graphs[key] = pre
                 while len(self._graphs) > GRAPHS_KEPT:
                     self._graphs.popitem(last=False)
-        self.last_preprocess = "graph"
+        self.last_preprocess = way
         return outputs
 
     def _decode(self, outputs: list[np.ndarray], n: int, geom: DetectGeometry) -> Iterator[Decoded]:
