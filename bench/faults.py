@@ -92,6 +92,18 @@ def session_processes(sid: int, title: bytes = b"") -> list[int]:
     return sorted(pids)
 
 
+def processes_naming(text: str) -> list[int]:
+    """PIDs whose command line contains `text` (a Ray temp dir of this bench)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text.encode() in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return sorted(pids)
+
+
 def kill_controller(proc: subprocess.Popen) -> None:
     """SIGKILL the controller and every process of its session (its Ray), by PID."""
     for pid in [proc.pid, *session_processes(proc.pid)]:
@@ -214,9 +226,19 @@ class LoopbackCluster:
         self.nodes[node].wait(timeout=60)
         return killed
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout_s: float = 20.0) -> None:
+        """Kill every node, then every process still naming this cluster's temp dir (a
+        worker the raylet was starting when its node died), and wait until none is left."""
         for node in reversed(self.live):  # the head last
             self.kill(node)
+        deadline = time.monotonic() + timeout_s
+        while (stragglers := processes_naming(str(self.temp))) and time.monotonic() < deadline:
+            for pid in stragglers:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.2)
         shutil.rmtree(self.temp, ignore_errors=True)
 
 
