@@ -409,6 +409,7 @@ def fault_run(
         return proc
 
     deadline = time.monotonic() + timeout_s
+    last_fault_at = None  # wall clock, as the store's attempts
     injected: Counter[str] = Counter()
     log_lines: list[str] = []
     plan = fault_plan(rng, faults, total_chunks, node_kills=nodes - 1 if nodes > 1 else 0)
@@ -483,6 +484,7 @@ def fault_run(
                     if cluster is not None:
                         workers_killed_on.add(node)
             injected[kind] += 1
+            last_fault_at = time.time()
             log_lines.append(f"{time.monotonic() - t_start:7.1f} s  {kind}{what} (after {at} chunks done + {delay} s)")
         while controller.poll() is None and not stuck():
             time.sleep(0.2)
@@ -512,6 +514,8 @@ def fault_run(
                           "last_line": lines[-1] if lines else "", "traceback": "Traceback" in text})
 
     jobs_out = []
+    attempts_by_worker: dict[int, Counter[str]] = {}  # worker -> its chunk attempts' states
+    workers_after: set[int] = set()  # workers that finished a chunk started a second or more after the last fault
     with JobStore(state, readonly=True) as store:
         integrity = store.integrity_check()
         for job in store.jobs():
@@ -530,6 +534,10 @@ def fault_run(
             else:
                 outcome = "lost"
             attempts = store.attempts(job.job_id)
+            for a in attempts:
+                attempts_by_worker.setdefault(a.worker, Counter())[a.state] += 1
+            if last_fault_at is not None:
+                workers_after |= {a.worker for a in attempts if a.state == "done" and a.started and a.started > last_fault_at + 1}
             jobs_out.append({
                 "job_id": job.job_id, "kind": kind, "input": Path(row.input_uri).name if "://" not in row.input_uri else row.input_uri,
                 "state": job.state, "outcome": outcome, "identical": identical, "error": job.error,
@@ -550,7 +558,8 @@ def fault_run(
         "seed": seed, "jobs_asked": jobs, "faults_asked": faults, "workers": workers, "nodes": nodes, "frames": frames,
         "stall_timeout_s": stall_timeout_s, "plan": plan, "log": log_lines,
         "injected": dict(injected), "controller_lives": len(lives), "controller_exits": exits, "lives": lives_out, "jobs": jobs_out,
-        "workers_out": workers_out,
+        "workers_out": workers_out, "attempts_by_worker": {w: dict(c) for w, c in sorted(attempts_by_worker.items())},
+        "workers_done_after_last_fault": sorted(workers_after),
         "done": outcomes["done"], "failed": outcomes["failed with reason"], "lost": outcomes["lost"] + hung,
         "hung": hung, "hang_dumps": dumps, "ray_temp": str(cluster.temp) if cluster else None, "integrity": integrity, "leftovers": leftovers(out, state),
         "seconds": round(time.monotonic() - t_start, 1),
