@@ -91,9 +91,12 @@ PREPROCESS = {
     "frame": [1920, 1080], "batch": 16,
     "paths": {"host": {"detect": {"wall_ms_per_frame": 4.0, "process_cpu_ms_per_frame": 5.0},
                        "to_device_bytes_per_frame": 2949120},
-              "graph": {"detect": {"wall_ms_per_frame": 2.5, "process_cpu_ms_per_frame": 2.0},
-                        "to_device_bytes_per_frame": 6220800}},
-    "graph_vs_host": {"wall_ms_per_frame": 0.625, "process_cpu_ms_per_frame": 0.4},
+              "graph": {"detect": {"wall_ms_per_frame": 3.2, "process_cpu_ms_per_frame": 3.0},
+                        "to_device_bytes_per_frame": 6220800},
+              "split": {"detect": {"wall_ms_per_frame": 2.5, "process_cpu_ms_per_frame": 2.0},
+                        "to_device_bytes_per_frame": 691200}},
+    "graph_vs_host": {"wall_ms_per_frame": 0.8, "process_cpu_ms_per_frame": 0.6},
+    "split_vs_host": {"wall_ms_per_frame": 0.625, "process_cpu_ms_per_frame": 0.4},
 }
 
 META = {"date": "2026-11-20T13:00:00+00:00", "quick": False, "command": "python3 bench/run.py --tag t",
@@ -180,7 +183,7 @@ def test_collate_old_file_without_p95_says_not_measured(bench_run, tmp_path):
     a, p = summary["scenarios"]
     assert a["gpu_util_mean"] == 7.0 and a["gpu_util_p95"] is None and a["gpu_mem_gib"] is None
     assert a["targets"][1]["met"] is None
-    assert (p["value"], p["peer"], p["ratio"]) == (400.0, 250.0, 1.6)  # frames/s from ms per frame; host/graph time
+    assert (p["value"], p["peer"], p["ratio"]) == (400.0, 250.0, 1.6)  # frames/s from ms per frame; host/split time
     assert p["gpu_util_mean"] is None and p["targets"] == []
     md = bench_run.markdown(summary)
     anon = next(ln for ln in md.splitlines() if ln.startswith("| anonymize"))
@@ -324,7 +327,7 @@ def test_run_py_preprocess_quick(tmp_path):
     assert row["scenario"] == "preprocess" and row["status"] == "ok"
     assert row["value"] > 0 and row["peer"] > 0 and row["ratio"] > 0 and row["provider"].endswith("ExecutionProvider")
     md = (tmp_path / "bench_test.md").read_text()
-    assert "QUICK smoke run" in md and "| detector preprocessing in the GPU graph vs on the host |" in md
+    assert "QUICK smoke run" in md and "| detector preprocessing as run by default on a GPU (split) vs on the host |" in md
 
 
 def test_anonymize_sampler_records_gpu_p95_and_peak_memory(bench_run, monkeypatch):
