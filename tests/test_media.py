@@ -211,9 +211,58 @@ def test_segments_are_opened_a_few_ahead_and_all_closed_when_one_is_refused(monk
     segments = [f"s{i}" for i in range(30)]
     packets = []
     with pytest.raises(OutputError, match="s7 was encoded with different codec settings"):
-        for packet in assemble._checked_segments(segments, b"ok"):
+        for packet in assemble._checked_segments(assemble.SegmentFeed(segments, ready=True), b"ok"):
             packets.append(packet)
     assert packets == [f"s{i}-p{j}" for i in range(7) for j in range(2)]  # in order, up to the refused one
     assert state["open"] == 0
     assert state["peak"] <= assemble.OPEN_AHEAD + 1
     assert len(state["opened"]) <= 8 + assemble.OPEN_AHEAD  # opened ahead, not all thirty
+
+
+def test_a_feed_gives_segments_in_order_as_they_become_ready_and_opens_none_early(monkeypatch):
+    """Segments of a running job become ready in any order; assembly reads them in order,
+    never opens one before it is ready, and stops with an OutputError when aborted."""
+    import random
+    import threading
+    import time
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    from facefleet.errors import OutputError
+    from facefleet.media import assemble
+
+    ready_at_open = []
+    feed = assemble.SegmentFeed([f"s{i}" for i in range(12)])
+
+    @contextmanager
+    def fake_open(path):
+        if path.startswith("s"):
+            ready_at_open.append(feed.is_ready(int(path[1:])))
+        stream = SimpleNamespace(codec_context=SimpleNamespace(extradata=b"ok"))
+        yield SimpleNamespace(streams=SimpleNamespace(video=[stream]), demux=lambda s: iter([f"{path}-p"]))
+
+    monkeypatch.setattr(assemble, "_open_segment", fake_open)
+    order = list(range(12))
+    random.Random(4).shuffle(order)
+
+    def chunks_finish():
+        for position in order:
+            time.sleep(0.005)
+            feed.mark_ready(position)
+
+    finisher = threading.Thread(target=chunks_finish)
+    finisher.start()
+    packets = list(assemble._checked_segments(feed, b"ok"))
+    finisher.join()
+    assert packets == [f"s{i}-p" for i in range(12)]
+    assert len(ready_at_open) == 12 and all(ready_at_open)
+
+    waiting = assemble.SegmentFeed(["a", "b"])
+    waiting.mark_ready(0)
+    threading.Timer(0.05, waiting.abort, args=("the job failed",)).start()
+    with pytest.raises(OutputError, match="assembly stopped: the job failed"):
+        list(assemble._checked_segments(waiting, b"ok"))
+    with pytest.raises(OutputError, match="the job failed"):
+        waiting.decided()
+    done = assemble.SegmentFeed(["a"], ready=True)
+    done.decided()  # a complete list needs no decision

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from facefleet.errors import FacefleetError, one_line
+from facefleet.jobs.assembly import StreamedAssembly, streamed_assembly
 from facefleet.jobs.spec import ChunkResult, ChunkTask, JobSpec
 from facefleet.media.assemble import assemble, output_format
 from facefleet.media.encode import output_pix_fmt
@@ -113,6 +114,7 @@ class PlannedJob:
     started: float | None = None
     priority: int = 0  # higher first when jobs share the workers (JobRunner with feed)
     kept: set[int] = field(default_factory=set)  # chunks done by an earlier run, in `results` from the start
+    assembly: StreamedAssembly | None = None  # the output assembled while the chunks run
 
     @property
     def total_frames(self) -> int:
@@ -280,7 +282,9 @@ def finish_job(job: PlannedJob) -> None:
     if not pipeline.writes_video:
         return
     try:
-        if job.info is None:
+        if job.assembly is not None:
+            job.assembly.finish()
+        elif job.info is None:
             publish(Path(job.tasks[0].segment_uri), output)
         else:  # a local file appears whole (renamed into place); object storage gets one upload
             with output_file(job.spec.output_uri, scratch=job.workdir) as tmp:
@@ -289,6 +293,27 @@ def finish_job(job: PlannedJob) -> None:
         for table in tables:  # all of a job's outputs, or none
             table.unlink(missing_ok=True)
         raise
+
+
+def start_assembly(job: PlannedJob) -> StreamedAssembly | None:
+    """A video job's output assembled while it runs, where it can be (facefleet.jobs.assembly);
+    the segments of chunks done before (a resume) are ready at once."""
+    pipeline = job.spec.pipeline
+    if not pipeline.writes_video:
+        return None
+    segments = [(t.index, Path(t.segment_uri)) for t in job.tasks]
+    assembly = streamed_assembly(job.info, segments, job.spec.output_uri, job.workdir, pipeline.writes_table)
+    if assembly is not None:
+        for index in job.results:
+            assembly.ready(index)
+    return assembly
+
+
+def stop_assembly(job: PlannedJob, reason: str) -> None:
+    """Whatever of the job's streamed assembly is running stops; nothing more is published."""
+    if job.assembly is not None:
+        job.assembly.abort(reason)
+        job.assembly = None
 
 
 def outcome_of(job: PlannedJob) -> JobOutcome:
@@ -516,6 +541,7 @@ class JobRunner:
             self.progress.started(job_id, item.spec.input_uri, item.total_frames, item.kept_frames)
             if not item.simulated:
                 item.workdir.mkdir(parents=True, exist_ok=True)
+                item.assembly = start_assembly(item)
             item.started = now
             todo = [t for t in item.tasks if t.index not in item.results]  # results known: resumed
             if self.feed is None:
@@ -582,6 +608,8 @@ class JobRunner:
             if isinstance(event, ChunkDone):
                 if event.task.index not in job.results:
                     job.results[event.task.index] = event.result
+                    if job.assembly is not None:
+                        job.assembly.ready(event.task.index)
                     self.on_chunk(job, event.task, event.result)
             else:
                 job.error = job.error or event.error
@@ -651,6 +679,7 @@ class JobRunner:
         try:
             self.on_end(job, outcome)
         finally:
+            stop_assembly(job, "its job ended")
             shutil.rmtree(job.workdir, ignore_errors=True)
             # forget the job: its chunks and results; nothing of it is sent any more
             self.jobs.pop(job_id, None)
@@ -700,6 +729,7 @@ class JobRunner:
             if not job.simulated:
                 shutil.rmtree(job.workdir, ignore_errors=True)
         for job in self.jobs.values():
+            stop_assembly(job, "the run stopped")
             if not job.simulated and not keep_unfinished:
                 shutil.rmtree(job.workdir, ignore_errors=True)
 

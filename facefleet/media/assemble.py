@@ -2,11 +2,14 @@
 
 Video packets keep the source timestamps the segments were encoded with; audio packets are
 copied from the input unchanged. Packets of all streams are interleaved by time.
+Segments come as a list (all written) or as a SegmentFeed, whose segments become ready
+one by one while the job runs (facefleet.jobs.assembly).
 """
 
 from __future__ import annotations
 
 import heapq
+import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,6 +35,60 @@ def output_format(path: Path) -> str:
         raise OutputError(f"{path}: unsupported output video extension; use one of {known}") from None
 
 
+class SegmentFeed:
+    """A video's segment paths in order, each readable once its chunk has finished.
+
+    `get(i)` waits until segment i is ready; after `abort` it raises OutputError, as does
+    `decided()`, which waits for `commit` or `abort` (the output is published only on
+    commit). Thread-safe: the job runner marks segments ready, an assembly thread reads.
+    """
+
+    def __init__(self, paths: list[Path | str], ready: bool = False):
+        self._paths = list(paths)
+        self._ready = [ready] * len(self._paths)
+        self._committed = ready
+        self._aborted: str | None = None
+        self._cond = threading.Condition()
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def mark_ready(self, position: int) -> None:
+        with self._cond:
+            self._ready[position] = True
+            self._cond.notify_all()
+
+    def is_ready(self, position: int) -> bool:
+        with self._cond:
+            return self._ready[position] and self._aborted is None
+
+    def get(self, position: int) -> Path | str:
+        with self._cond:
+            self._cond.wait_for(lambda: self._ready[position] or self._aborted is not None)
+            self._raise_if_aborted()
+            return self._paths[position]
+
+    def commit(self) -> None:
+        with self._cond:
+            self._committed = True
+            self._cond.notify_all()
+
+    def abort(self, reason: str) -> None:
+        with self._cond:
+            self._aborted = self._aborted or reason
+            self._cond.notify_all()
+
+    def decided(self) -> None:
+        """Return once committed; raise OutputError once aborted."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._committed or self._aborted is not None)
+            self._raise_if_aborted()
+
+    def _raise_if_aborted(self) -> None:
+        if self._aborted is not None:
+            raise OutputError(f"assembly stopped: {self._aborted}")
+
+
 def _timed(packets: Iterator[av.Packet], order: int) -> Iterator[tuple[float, int, av.Packet]]:
     for packet in packets:
         if packet.size == 0 or packet.dts is None:
@@ -39,14 +96,16 @@ def _timed(packets: Iterator[av.Packet], order: int) -> Iterator[tuple[float, in
         yield float(packet.dts * packet.time_base), order, packet
 
 
-def assemble(info: VideoInfo, segments: list[Path | str], output: Path) -> int:
+def assemble(info: VideoInfo, segments: list[Path | str] | SegmentFeed, output: Path) -> int:
     """Write `output` from the segments (in order) and the input's audio; return frames written.
 
     `output` is the final file's temporary name; its extension picks the container. The
-    input and the segments may be local paths or object storage URIs.
+    input and the segments may be local paths or object storage URIs. From a feed, each
+    segment is read once it is ready.
     """
     fmt = output_format(output)
-    with open_input(info.uri) as source, _open_segment(segments[0]) as first:
+    feed = segments if isinstance(segments, SegmentFeed) else SegmentFeed(segments, ready=True)
+    with open_input(info.uri) as source, _open_segment(feed.get(0)) as first:
         template = first.streams.video[0]
         extradata = template.codec_context.extradata
         options = container_options(fmt, info.time_base)
@@ -74,7 +133,7 @@ def assemble(info: VideoInfo, segments: list[Path | str], output: Path) -> int:
                 out.metadata[key] = value
             frames = 0
             audio_map = {s.index: o for s, o in zip(audio_in, audio_out)}
-            video_packets = _timed(_checked_segments(segments, extradata), 0)
+            video_packets = _timed(_checked_segments(feed, extradata), 0)
             audio_packets = _timed(source.demux(audio_in), 1) if audio_in else iter(())
             try:
                 for _, order, packet in heapq.merge(video_packets, audio_packets, key=lambda x: (x[0], x[1])):
@@ -119,25 +178,33 @@ def _close(future: Future) -> None:
     stack.close()
 
 
-def _checked_segments(segments: list[Path | str], extradata: bytes | None) -> Iterator[av.Packet]:
+def _checked_segments(feed: SegmentFeed, extradata: bytes | None) -> Iterator[av.Packet]:
     """Packets of every segment, refusing segments whose codec setup differs from the first.
 
-    Up to OPEN_AHEAD segments are open at once; all are closed however this ends."""
-    paths = iter(segments)
+    Up to OPEN_AHEAD segments that are ready are open at once; all are closed however
+    this ends."""
     ahead: deque[tuple[Path | str, Future]] = deque()
+    following = 0  # the next segment to open
     with ThreadPoolExecutor(OPEN_AHEAD, thread_name_prefix="open-segment") as pool:
 
-        def open_next() -> None:
-            for path in paths:
-                ahead.append((path, pool.submit(_opened, path)))
-                return
+        def open_next(wait: bool) -> bool:
+            """Open the following segment if there is room ahead and it is ready (or
+            once it is, with `wait`)."""
+            nonlocal following
+            if following == len(feed) or len(ahead) >= OPEN_AHEAD or not (wait or feed.is_ready(following)):
+                return False
+            path = feed.get(following)
+            following += 1
+            ahead.append((path, pool.submit(_opened, path)))
+            return True
 
         try:
-            for _ in range(OPEN_AHEAD):
-                open_next()
-            while ahead:
+            while ahead or following < len(feed):
+                if not ahead:
+                    open_next(wait=True)
                 path, future = ahead.popleft()
-                open_next()
+                while open_next(wait=False):
+                    pass
                 stack, seg = future.result()
                 with stack:
                     stream = seg.streams.video[0]

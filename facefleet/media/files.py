@@ -59,11 +59,12 @@ def _is_disk_full(exc: BaseException) -> bool:
 
 
 @contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
+def atomic_output(path: Path, tmp: Path | None = None) -> Iterator[Path]:
     """Yield a temporary path; on success move it to `path`, on error remove it. A full
-    disk becomes an OutputError naming `path`."""
+    disk becomes an OutputError naming `path`. `tmp` (default: a hidden sibling) must be
+    on `path`'s filesystem."""
     _make_parent(path)
-    tmp = temporary_sibling(path)
+    tmp = tmp or temporary_sibling(path)
     try:
         yield tmp
         _injected_disk_full(path, tmp)
@@ -79,6 +80,22 @@ def publish(tmp: Path, path: Path) -> None:
     """Move a finished temporary file into place."""
     _make_parent(path)
     _replace(tmp, path)
+
+
+def same_filesystem(a: Path, b: Path) -> bool:
+    """Whether a rename can move files from directory `a` to directory `b` (the nearest
+    existing ancestor of each is compared)."""
+
+    def device(path: Path) -> int | None:
+        for candidate in (path, *path.parents):
+            try:
+                return candidate.stat().st_dev
+            except OSError:
+                continue
+        return None
+
+    first = device(a.absolute())
+    return first is not None and first == device(b.absolute())
 
 
 def durable_checksum(path: Path) -> str:

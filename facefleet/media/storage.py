@@ -559,10 +559,11 @@ def _check_local_dir(uri: str, path: Path) -> None:
 
 
 @contextmanager
-def output_file(uri: str | os.PathLike, scratch: Path | None = None) -> Iterator[Path]:
+def output_file(uri: str | os.PathLike, scratch: Path | None = None, local_tmp: Path | None = None) -> Iterator[Path]:
     """Yield a local temporary path to write the output to; publish it when the block ends.
 
-    Local: the temporary file is next to the target, synced and renamed over it. Remote:
+    Local: the temporary file is next to the target (or `local_tmp`, on the target's
+    filesystem), synced and renamed over it. Remote:
     it is written in `scratch` (default: the system temporary directory), uploaded to
     the final key (an object appears whole, or not at all) and removed. The temporary
     name keeps the target's extension, since muxers choose their format from it. On an
@@ -570,7 +571,7 @@ def output_file(uri: str | os.PathLike, scratch: Path | None = None) -> Iterator
     """
     if not is_remote(uri):
         target = Path(local_path(uri))
-        with atomic_output(target) as tmp:
+        with atomic_output(target, local_tmp) as tmp:
             yield tmp
             _fsync(tmp)
         _fsync(target.parent)

@@ -1,0 +1,121 @@
+"""A video job's output assembled while its chunks run (facefleet.jobs.assembly): the same
+bytes as assembling at the end, nothing at or beside the output until the job is done,
+nothing left when the job stops; and only where the output can be renamed into place."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from facefleet.cluster.chunk import run_chunk
+from facefleet.jobs import assembly as assembly_module
+from facefleet.jobs.assembly import TMP_NAME, streamed_assembly
+from facefleet.jobs.runner import finish_job, plan_job, start_assembly, stop_assembly
+from facefleet.jobs.spec import JobSpec
+from facefleet.media.files import same_filesystem
+from facefleet.pipeline.spec import PipelineSpec
+from facefleet.samples import SampleSpec
+from localrun import run_local
+
+VIDEO = SampleSpec(width=320, height=180, frames=48, gop=8, seed=11)  # with audio
+
+
+@pytest.fixture(scope="module")
+def processor():
+    from facefleet.pipeline.processor import build_processor
+
+    return build_processor(PipelineSpec())
+
+
+def spec(src: Path, out: Path) -> JobSpec:
+    return JobSpec(job_id="streamed", input_uri=str(src), output_uri=str(out), chunk_frames=8)
+
+
+def beside(out: Path) -> list[str]:
+    """Files in the output's directory other than the job's work directory."""
+    return sorted(p.name for p in out.parent.iterdir() if p.is_file())
+
+
+def test_streamed_output_has_the_bytes_of_one_assembled_at_the_end(sample_factory, processor, tmp_path):
+    src, _ = sample_factory(VIDEO)
+    at_end = tmp_path / "end" / "out.mp4"
+    at_end.parent.mkdir()
+    reference = run_local(spec(src, at_end), processor)
+    assert reference.assembly is None and at_end.is_file()
+
+    out = tmp_path / "streamed" / "out.mp4"
+    out.parent.mkdir()
+    job = plan_job(spec(src, out))
+    job.workdir.mkdir(parents=True)
+    job.assembly = start_assembly(job)
+    assert job.assembly is not None and len(job.tasks) == 6
+    order = list(job.tasks)
+    random.Random(2).shuffle(order)  # chunks finish in any order
+    for task in order:
+        job.results[task.index] = run_chunk(task, processor)
+        job.assembly.ready(task.index)
+        assert not out.exists() and beside(out) == []  # nothing at or beside the output yet
+    finish_job(job)
+    assert out.read_bytes() == at_end.read_bytes()
+    assert beside(out) == ["out.mp4"] and not job.assembly.tmp.exists()
+    stop_assembly(job, "its job ended")  # what the runner does next: changes nothing now
+    assert out.read_bytes() == at_end.read_bytes()
+    shutil.rmtree(job.workdir)
+
+
+def test_a_stopped_streamed_assembly_publishes_nothing_and_leaves_nothing(sample_factory, processor, tmp_path):
+    src, _ = sample_factory(VIDEO)
+    out = tmp_path / "out.mp4"
+    job = plan_job(spec(src, out))
+    job.workdir.mkdir(parents=True)
+    job.assembly = start_assembly(job)
+    streamed = job.assembly
+    for task in job.tasks[:3]:  # the first half is done and being assembled
+        job.results[task.index] = run_chunk(task, processor)
+        streamed.ready(task.index)
+    stop_assembly(job, "the job failed")
+    assert job.assembly is None and not streamed._thread.is_alive()
+    assert not out.exists() and beside(out) == []
+    assert not any(p.name.startswith(TMP_NAME) for p in job.workdir.iterdir())  # its temporary file went too
+    shutil.rmtree(job.workdir)
+
+
+def test_a_resumed_job_streams_the_segments_it_already_has(sample_factory, processor, tmp_path):
+    src, _ = sample_factory(VIDEO)
+    out = tmp_path / "out.mp4"
+    job = plan_job(spec(src, out))
+    job.workdir.mkdir(parents=True)
+    for task in job.tasks[:4]:  # done by an earlier run
+        job.results[task.index] = run_chunk(task, processor)
+    job.assembly = start_assembly(job)
+    assert all(job.assembly.feed.is_ready(i) for i in range(4)) and not job.assembly.feed.is_ready(4)
+    for task in job.tasks[4:]:
+        job.results[task.index] = run_chunk(task, processor)
+        job.assembly.ready(task.index)
+    finish_job(job)
+    assert out.is_file()
+    shutil.rmtree(job.workdir)
+
+
+def test_assembly_is_streamed_only_where_the_output_can_be_renamed_into_place(sample_factory, tmp_path, monkeypatch):
+    src, _ = sample_factory(VIDEO)
+    job = plan_job(spec(src, tmp_path / "out.mp4"))
+    segments = [(t.index, Path(t.segment_uri)) for t in job.tasks]
+    work = job.workdir
+    assert streamed_assembly(job.info, segments, str(tmp_path / "out.mp4"), work, writes_table=False) is not None
+    assert streamed_assembly(job.info, segments, str(tmp_path / "out.mp4"), work, writes_table=True) is None
+    assert streamed_assembly(None, segments, str(tmp_path / "out.png"), work, writes_table=False) is None  # an image
+    assert streamed_assembly(job.info, segments, "s3://bucket/out.mp4", work, writes_table=False) is None
+    from_s3 = replace(job.info, uri="s3://bucket/in.mp4")
+    assert streamed_assembly(from_s3, segments, str(tmp_path / "out.mp4"), work, writes_table=False) is None
+    monkeypatch.setattr(assembly_module, "same_filesystem", lambda a, b: False)
+    assert streamed_assembly(job.info, segments, str(tmp_path / "out.mp4"), work, writes_table=False) is None
+
+
+def test_same_filesystem_looks_at_the_nearest_existing_directory(tmp_path):
+    assert same_filesystem(tmp_path, tmp_path / "not" / "made" / "yet")
+    assert not same_filesystem(tmp_path, Path("/proc/self"))  # another filesystem
