@@ -35,6 +35,17 @@ def spec(src: Path, out: Path) -> JobSpec:
     return JobSpec(job_id="streamed", input_uri=str(src), output_uri=str(out), chunk_frames=8)
 
 
+def planned(src: Path, out: Path, processor, done: int = 0):
+    """The job planned, its work directory made, its first `done` chunks run (an earlier
+    run's, for a resume), then its streamed assembly started as the runner starts it."""
+    job = plan_job(spec(src, out))
+    job.workdir.mkdir(parents=True)
+    for task in job.tasks[:done]:
+        job.results[task.index] = run_chunk(task, processor)
+    job.assembly = start_assembly(job)
+    return job
+
+
 def beside(out: Path) -> list[str]:
     """Files in the output's directory other than the job's work directory."""
     return sorted(p.name for p in out.parent.iterdir() if p.is_file())
@@ -49,9 +60,7 @@ def test_streamed_output_has_the_bytes_of_one_assembled_at_the_end(sample_factor
 
     out = tmp_path / "streamed" / "out.mp4"
     out.parent.mkdir()
-    job = plan_job(spec(src, out))
-    job.workdir.mkdir(parents=True)
-    job.assembly = start_assembly(job)
+    job = planned(src, out, processor)
     assert job.assembly is not None and len(job.tasks) == 6
     order = list(job.tasks)
     random.Random(2).shuffle(order)  # chunks finish in any order
@@ -70,9 +79,7 @@ def test_streamed_output_has_the_bytes_of_one_assembled_at_the_end(sample_factor
 def test_a_stopped_streamed_assembly_publishes_nothing_and_leaves_nothing(sample_factory, processor, tmp_path):
     src, _ = sample_factory(VIDEO)
     out = tmp_path / "out.mp4"
-    job = plan_job(spec(src, out))
-    job.workdir.mkdir(parents=True)
-    job.assembly = start_assembly(job)
+    job = planned(src, out, processor)
     streamed = job.assembly
     for task in job.tasks[:3]:  # the first half is done and being assembled
         job.results[task.index] = run_chunk(task, processor)
@@ -87,11 +94,7 @@ def test_a_stopped_streamed_assembly_publishes_nothing_and_leaves_nothing(sample
 def test_a_resumed_job_streams_the_segments_it_already_has(sample_factory, processor, tmp_path):
     src, _ = sample_factory(VIDEO)
     out = tmp_path / "out.mp4"
-    job = plan_job(spec(src, out))
-    job.workdir.mkdir(parents=True)
-    for task in job.tasks[:4]:  # done by an earlier run
-        job.results[task.index] = run_chunk(task, processor)
-    job.assembly = start_assembly(job)
+    job = planned(src, out, processor, done=4)  # 4 chunks done by an earlier run
     assert all(job.assembly.feed.is_ready(i) for i in range(4)) and not job.assembly.feed.is_ready(4)
     for task in job.tasks[4:]:
         job.results[task.index] = run_chunk(task, processor)
