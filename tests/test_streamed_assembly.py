@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 
 from facefleet.cluster.chunk import run_chunk
 from facefleet.jobs import assembly as assembly_module
-from facefleet.jobs.assembly import TMP_NAME, streamed_assembly
+from facefleet.jobs.assembly import MAX_STREAMED, streamed_assembly
 from facefleet.jobs.runner import finish_job, plan_job, start_assembly, stop_assembly
 from facefleet.jobs.spec import JobSpec
 from facefleet.media.files import same_filesystem
@@ -84,10 +85,17 @@ def test_a_stopped_streamed_assembly_publishes_nothing_and_leaves_nothing(sample
     for task in job.tasks[:3]:  # the first half is done and being assembled
         job.results[task.index] = run_chunk(task, processor)
         streamed.ready(task.index)
+    deadline = time.monotonic() + 30
+    while not streamed.tmp.is_file():  # the thread is writing the output's first part
+        assert time.monotonic() < deadline, "the assembly wrote nothing in 30 s"
+        time.sleep(0.01)
+    assert streamed.tmp.parent.parent == job.workdir and streamed.tmp.name == out.name
     stop_assembly(job, "the job failed")
     assert job.assembly is None and not streamed._thread.is_alive()
     assert not out.exists() and beside(out) == []
-    assert not any(p.name.startswith(TMP_NAME) for p in job.workdir.iterdir())  # its temporary file went too
+    assert not streamed.tmp.exists()  # its temporary file went too
+    with pytest.raises(RuntimeError, match="before every segment was ready"):
+        streamed.finish()  # a runner that would finish too early fails the job, never hangs
     shutil.rmtree(job.workdir)
 
 
@@ -100,8 +108,46 @@ def test_a_resumed_job_streams_the_segments_it_already_has(sample_factory, proce
         job.results[task.index] = run_chunk(task, processor)
         job.assembly.ready(task.index)
     finish_job(job)
-    assert out.is_file()
+    at_end = tmp_path / "end" / "out.mp4"
+    at_end.parent.mkdir()
+    run_local(spec(src, at_end), processor)
+    assert out.read_bytes() == at_end.read_bytes()
     shutil.rmtree(job.workdir)
+
+
+def test_a_runner_streams_a_few_jobs_and_stops_each_assembly_it_drops(sample_factory, tmp_path):
+    """At most MAX_STREAMED jobs of a runner are assembled while they run; a job added
+    again while running, a job that ends, and the jobs left at close stop theirs."""
+    from types import SimpleNamespace
+
+    from facefleet.errors import OutputError
+    from facefleet.jobs.runner import JobRunner
+
+    src, _ = sample_factory(VIDEO)
+    pool = SimpleNamespace(plan=SimpleNamespace(workers=1, chunks_per_worker=1, elastic=False), infos={}, actors=[None])
+    runner = JobRunner(pool, feed=1, replan=False)  # with a feed, adding queues the chunks, sends nothing
+    jobs = [plan_job(JobSpec(job_id=f"j{i}", input_uri=str(src), output_uri=str(tmp_path / f"o{i}.mp4"), chunk_frames=8))
+            for i in range(MAX_STREAMED + 2)]
+    runner.add(jobs)
+    assert [job.assembly is not None for job in jobs] == [True] * MAX_STREAMED + [False, False]
+    first = jobs[0].assembly
+    again = plan_job(jobs[0].spec)
+    runner.add([again])
+    with pytest.raises(OutputError, match="started again"):
+        first.feed.check()
+    assert jobs[0].assembly is None and again.assembly is not None
+    ending = jobs[1].assembly
+    jobs[1].error = "failed"
+    runner._end(jobs[1])
+    with pytest.raises(OutputError, match="its job ended"):
+        ending.feed.check()
+    assert jobs[1].assembly is None
+    left = [job.assembly for job in runner.jobs.values() if job.assembly is not None]
+    runner.close()
+    assert len(left) == MAX_STREAMED - 1 and all(job.assembly is None for job in runner.jobs.values())
+    for streamed in left:
+        with pytest.raises(OutputError, match="the run stopped"):
+            streamed.feed.check()
 
 
 def test_assembly_is_streamed_only_where_the_output_can_be_renamed_into_place(sample_factory, tmp_path, monkeypatch):
@@ -117,6 +163,32 @@ def test_assembly_is_streamed_only_where_the_output_can_be_renamed_into_place(sa
     assert streamed_assembly(from_s3, segments, str(tmp_path / "out.mp4"), work, writes_table=False) is None
     monkeypatch.setattr(assembly_module, "same_filesystem", lambda a, b: False)
     assert streamed_assembly(job.info, segments, str(tmp_path / "out.mp4"), work, writes_table=False) is None
+
+
+def test_an_output_moved_across_filesystems_is_copied_then_renamed(tmp_path, monkeypatch):
+    """Bind mounts of one disk share a device number but refuse renames between them (EXDEV)."""
+    import errno
+    import os
+
+    from facefleet.media import files
+
+    real = os.replace
+    refused = []
+
+    def replace(src, dst):
+        if not refused:
+            refused.append(dst)
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", replace)
+    tmp = tmp_path / "work" / "out.mp4"
+    tmp.parent.mkdir()
+    tmp.write_bytes(b"the whole output")
+    target = tmp_path / "outputs" / "out.mp4"
+    files.publish(tmp, target)
+    assert refused == [target] and target.read_bytes() == b"the whole output"
+    assert not tmp.exists() and sorted(p.name for p in target.parent.iterdir()) == ["out.mp4"]
 
 
 def test_same_filesystem_looks_at_the_nearest_existing_directory(tmp_path):

@@ -6,6 +6,11 @@ on the H100 machine, 5 % of the job. Here a thread reads each segment as soon as
 the ones before it are done (facefleet.media.assemble.SegmentFeed), so that at the end
 only the last segments are left to copy.
 
+A runner streams at most MAX_STREAMED jobs at once (each holds a thread, the input, a
+segment and the temporary output open, and a partial copy of the output on disk until the
+job ends; a directory of many inputs runs many jobs at once); the others are assembled at
+their end.
+
 The output appears only when the runner says so (`finish`, once every chunk is done);
 `abort` (the job failed or was stopped) leaves nothing. Until then the temporary file is
 in the job's work directory, which goes with the job, never beside the output, so a
@@ -27,7 +32,8 @@ from facefleet.media.files import same_filesystem
 from facefleet.media.probe import VideoInfo
 from facefleet.media.storage import is_remote, local_path, output_file
 
-TMP_NAME = "assembling"  # + the output's extension, in the job's work directory
+TMP_DIR = "output"  # in the job's work directory: the temporary output, named as the output
+MAX_STREAMED = 4  # jobs of one runner assembled while they run; later ones at their end
 
 
 class StreamedAssembly:
@@ -36,7 +42,7 @@ class StreamedAssembly:
     def __init__(self, info: VideoInfo, segments: list[tuple[int, Path]], output_uri: str, workdir: Path):
         self._info = info
         self._output_uri = output_uri
-        self.tmp = workdir / f"{TMP_NAME}{Path(local_path(output_uri)).suffix}"
+        self.tmp = workdir / TMP_DIR / Path(local_path(output_uri)).name
         self._position = {index: i for i, (index, _) in enumerate(segments)}
         self.feed = SegmentFeed([path for _, path in segments])
         self._thread: threading.Thread | None = None
@@ -51,6 +57,7 @@ class StreamedAssembly:
 
     def _run(self) -> None:
         try:
+            self.tmp.parent.mkdir(exist_ok=True)
             with output_file(self._output_uri, local_tmp=self.tmp) as tmp:
                 assemble(self._info, self.feed, tmp)
                 self.feed.decided()  # published on commit; removed on abort
@@ -59,8 +66,8 @@ class StreamedAssembly:
 
     def finish(self) -> None:
         """Every segment is ready: finish the output and put it in place (or raise why not)."""
-        if self._thread is None:
-            raise RuntimeError("finish before any segment was ready")
+        if self._thread is None or not self.feed.all_ready():
+            raise RuntimeError("the output's assembly was told to finish before every segment was ready")
         self.feed.commit()
         self._thread.join()
         if self._error is not None:

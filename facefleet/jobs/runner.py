@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from facefleet.errors import FacefleetError, one_line
-from facefleet.jobs.assembly import StreamedAssembly, streamed_assembly
+from facefleet.jobs.assembly import MAX_STREAMED, StreamedAssembly, streamed_assembly
 from facefleet.jobs.spec import ChunkResult, ChunkTask, JobSpec
 from facefleet.media.assemble import assemble, output_format
 from facefleet.media.encode import output_pix_fmt
@@ -531,6 +531,8 @@ class JobRunner:
                 self.progress.ended(item)
                 continue
             job_id = item.spec.job_id
+            if job_id in self.jobs:  # added again while running: its old run's assembly stops
+                stop_assembly(self.jobs[job_id], "its job was started again")
             self.jobs[job_id] = item
             self.ended.pop(job_id, None)  # run again (a retry): its bookkeeping was reset by the caller
             if self.replan and not item.spec.chunk_frames:  # chunks sized to this pool
@@ -541,7 +543,8 @@ class JobRunner:
             self.progress.started(job_id, item.spec.input_uri, item.total_frames, item.kept_frames)
             if not item.simulated:
                 item.workdir.mkdir(parents=True, exist_ok=True)
-                item.assembly = start_assembly(item)
+                streaming = sum(1 for job in self.jobs.values() if job.assembly is not None)
+                item.assembly = start_assembly(item) if streaming < MAX_STREAMED else None
             item.started = now
             todo = [t for t in item.tasks if t.index not in item.results]  # results known: resumed
             if self.feed is None:

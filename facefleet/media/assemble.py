@@ -58,6 +58,15 @@ class SegmentFeed:
             self._ready[position] = True
             self._cond.notify_all()
 
+    def all_ready(self) -> bool:
+        with self._cond:
+            return all(self._ready)
+
+    def check(self) -> None:
+        """Raise OutputError once aborted."""
+        with self._cond:
+            self._raise_if_aborted()
+
     def is_ready(self, position: int) -> bool:
         with self._cond:
             return self._ready[position] and self._aborted is None
@@ -200,11 +209,16 @@ def _checked_segments(feed: SegmentFeed, extradata: bytes | None) -> Iterator[av
 
         try:
             while ahead or following < len(feed):
+                feed.check()  # aborted: stop before the next segment
                 if not ahead:
                     open_next(wait=True)
                 path, future = ahead.popleft()
-                while open_next(wait=False):
-                    pass
+                try:
+                    while open_next(wait=False):
+                        pass
+                except BaseException:
+                    _close(future)
+                    raise
                 stack, seg = future.result()
                 with stack:
                     stream = seg.streams.video[0]

@@ -14,6 +14,7 @@ import fnmatch
 import hashlib
 import os
 import secrets
+import shutil
 from contextlib import contextmanager
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,8 +43,22 @@ def _make_parent(path: Path) -> None:
 
 
 def _replace(tmp: Path, path: Path) -> None:
+    """Rename `tmp` over `path`; across filesystems (two bind mounts of one disk share a
+    device number, yet refuse renames between them), copy it to a temporary sibling first."""
     try:
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            sibling = temporary_sibling(path)
+            try:
+                shutil.copyfile(tmp, sibling)
+                os.replace(sibling, path)
+            except BaseException:
+                sibling.unlink(missing_ok=True)
+                raise
+            tmp.unlink(missing_ok=True)
     except OSError as exc:
         raise OutputError(f"{path}: cannot move the finished output into place ({exc.strerror or exc})") from None
 
