@@ -54,6 +54,8 @@ def _replace(tmp: Path, path: Path) -> None:
             sibling = temporary_sibling(path)
             try:
                 shutil.copyfile(tmp, sibling)
+                with open(sibling, "rb") as copied:
+                    os.fsync(copied.fileno())
                 os.replace(sibling, path)
             except BaseException:
                 sibling.unlink(missing_ok=True)
@@ -98,8 +100,9 @@ def publish(tmp: Path, path: Path) -> None:
 
 
 def same_filesystem(a: Path, b: Path) -> bool:
-    """Whether a rename can move files from directory `a` to directory `b` (the nearest
-    existing ancestor of each is compared)."""
+    """Whether directories `a` and `b` are on one device (the nearest existing ancestor of
+    each is compared), where a rename between them is expected to work (bind mounts of one
+    disk share a device yet refuse it: `_replace` then copies)."""
 
     def device(path: Path) -> int | None:
         for candidate in (path, *path.parents):
