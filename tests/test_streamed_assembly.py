@@ -153,7 +153,7 @@ def test_a_runner_streams_a_few_jobs_and_stops_each_assembly_it_drops(sample_fac
 def test_assembly_is_streamed_only_where_the_output_can_be_renamed_into_place(sample_factory, tmp_path, monkeypatch):
     src, _ = sample_factory(VIDEO)
     job = plan_job(spec(src, tmp_path / "out.mp4"))
-    segments = [(t.index, Path(t.segment_uri)) for t in job.tasks]
+    segments = [Path(t.segment_uri) for t in job.tasks]
     work = job.workdir
     assert streamed_assembly(job.info, segments, str(tmp_path / "out.mp4"), work, writes_table=False) is not None
     assert streamed_assembly(job.info, segments, str(tmp_path / "out.mp4"), work, writes_table=True) is None

@@ -39,18 +39,17 @@ MAX_STREAMED = 4  # jobs of one runner assembled while they run; later ones at t
 class StreamedAssembly:
     """One job's output, assembled by a thread as its segments become ready."""
 
-    def __init__(self, info: VideoInfo, segments: list[tuple[int, Path]], output_uri: str, workdir: Path):
+    def __init__(self, info: VideoInfo, segments: list[Path], output_uri: str, workdir: Path):
         self._info = info
         self._output_uri = output_uri
         self.tmp = workdir / TMP_DIR / Path(local_path(output_uri)).name
-        self._position = {index: i for i, (index, _) in enumerate(segments)}
-        self.feed = SegmentFeed([path for _, path in segments])
+        self.feed = SegmentFeed(segments)  # a chunk's index is its place in the job's plan
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
     def ready(self, index: int) -> None:
         """Chunk `index`'s segment is written; the thread starts with the first one."""
-        self.feed.mark_ready(self._position[index])
+        self.feed.mark_ready(index)
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="assemble-output", daemon=True)
             self._thread.start()
@@ -81,7 +80,7 @@ class StreamedAssembly:
 
 
 def streamed_assembly(
-    info: VideoInfo | None, segments: list[tuple[int, Path]], output_uri: str, workdir: Path, writes_table: bool
+    info: VideoInfo | None, segments: list[Path], output_uri: str, workdir: Path, writes_table: bool
 ) -> StreamedAssembly | None:
     """A streamed assembly for a video job whose output can be renamed into place from
     its work directory; None where the output is assembled at the end (see the module)."""

@@ -301,7 +301,7 @@ def start_assembly(job: PlannedJob) -> StreamedAssembly | None:
     pipeline = job.spec.pipeline
     if not pipeline.writes_video:
         return None
-    segments = [(t.index, Path(t.segment_uri)) for t in job.tasks]
+    segments = [Path(t.segment_uri) for t in job.tasks]
     assembly = streamed_assembly(job.info, segments, job.spec.output_uri, job.workdir, pipeline.writes_table)
     if assembly is not None:
         for index in job.results:

@@ -593,7 +593,8 @@ class FaceDetector:
         for part in call_slices(len(frames), self.model, self.max_batch):
             chunk = frames[part]
             rows = padded_size(self.model, self.max_batch, len(chunk))
-            outputs = self._run_graph(chunk, geom, rows) if self.uses_graph else None
+            way = self.way
+            outputs = self._run_graph(chunk, geom, rows, way) if way != "host" else None
             if outputs is None:
                 batch = prepare_batch(chunk, geom, spec.channels, spec.scale, spec.mean, spec.std)
                 outputs = self.model.run({spec.input_name: pad_rows(batch, rows)})
@@ -639,11 +640,10 @@ class FaceDetector:
             stacklevel=3,
         )
 
-    def _run_graph(self, chunk: list[np.ndarray], geom: DetectGeometry, rows: int) -> list[np.ndarray] | None:
+    def _run_graph(self, chunk: list[np.ndarray], geom: DetectGeometry, rows: int, way: str) -> list[np.ndarray] | None:
         """The model's outputs for `chunk` preprocessed on its device, padded to `rows`
         rows; None when the graph cannot run (then the host path takes over for good).
         The "split" way resizes the frames here first; the graph then has no Resize."""
-        way = self.way
         if way == "split":
             chunk = [resized_frame(f, geom) for f in chunk]
         frame_h, frame_w = chunk[0].shape[:2]
