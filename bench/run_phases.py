@@ -3,7 +3,8 @@
 process with the CLI's own code, and the calls that start and stop things are timed
 (starting Ray, the reporters, the workers, the controller's serving of the job, the
 closing, Ray's shutdown). The time before the CLI starts (Python start and imports) is
-measured from the process's own start time.
+measured from the process's own start time. Each worker's own account of its start
+follows (process start to constructor, model sessions, warm-up, NVML lookup).
 
     python bench/run_phases.py [--json] -- RUN ARGS...   (e.g. -- video.mp4 -o out.mp4 -q)
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -22,17 +22,8 @@ T0 = time.time()
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def process_start() -> float:
-    """This process's start (wall clock), from /proc: the interpreter's own start-up counts."""
-    try:
-        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
-        return T0
-
-
 PHASES: list[tuple[str, float, float]] = []
+WORKERS: list[dict] = []  # each worker's own start, as it reported it (WorkerInfo.start_seconds)
 
 
 def timed(name: str, fn):
@@ -73,7 +64,13 @@ def patch() -> None:
 
     runtime.ray_session = timed_session(runtime.ray_session)
     session.start_monitoring = timed("reporters start", session.start_monitoring)
-    pool.WorkerPool.__init__ = timed("workers start", pool.WorkerPool.__init__)
+    start_pool = timed("workers start", pool.WorkerPool.__init__)
+
+    def init_pool(self, *args, **kwargs):
+        start_pool(self, *args, **kwargs)
+        WORKERS.extend({"worker": i.worker_id, **i.start_seconds} for i in self.infos.values())
+
+    pool.WorkerPool.__init__ = init_pool
     pool.WorkerPool.shutdown = timed("workers stop", pool.WorkerPool.shutdown)
     reporter.await_reporters = timed("reporters wait", reporter.await_reporters)
     reporter.stop_reporters = timed("reporters stop", reporter.stop_reporters)
@@ -87,7 +84,9 @@ def main() -> None:
     argv = sys.argv[1:]
     as_json = "--json" in argv[: argv.index("--")] if "--" in argv else False
     run_args = argv[argv.index("--") + 1 :] if "--" in argv else argv
-    born = process_start()
+    from facefleet.cluster.worker import process_started
+
+    born = process_started() or T0
     patch()
     imported = time.time()
     from facefleet.cli import app
@@ -101,7 +100,10 @@ def main() -> None:
     rows = [("python start + imports", born, imported)] + sorted(PHASES, key=lambda p: p[1])
     covered = sum(e - s for name, s, e in rows)
     table = [{"phase": name, "at_s": round(s - born, 2), "seconds": round(e - s, 2)} for name, s, e in rows]
-    result = {"wall_s": round(end - born, 2), "phases": table, "outside_phases_s": round(end - born - covered, 2), "exit": code}
+    result = {
+        "wall_s": round(end - born, 2), "phases": table, "outside_phases_s": round(end - born - covered, 2),
+        "workers": WORKERS, "exit": code,
+    }
     if as_json:
         print(json.dumps(result))
     else:
@@ -109,6 +111,8 @@ def main() -> None:
         for row in table:
             print(f"  {row['phase']:<24} at {row['at_s']:>6.2f} s  {row['seconds']:>6.2f} s")
         print(f"  {'(outside these)':<24}           {result['outside_phases_s']:>6.2f} s")
+        for worker in WORKERS:
+            print("  worker " + ", ".join(f"{k} {v}" for k, v in worker.items() if k != "worker") + f" s (worker {worker['worker']})")
 
 
 if __name__ == "__main__":

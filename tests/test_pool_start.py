@@ -25,6 +25,11 @@ def test_a_worker_that_cannot_start_is_left_out_after_the_grace(one_gpu, monkeyp
     pool = WorkerPool(PoolPlan(2, gpus_per_worker=1, cpus_per_worker=0.5, chunks_per_worker=1), PipelineSpec())
     try:
         assert len(pool.actors) == 1 and pool.plan.workers == 1 and len(pool.infos) == 1
+        (info,) = pool.infos.values()
+        # the worker's own account of its start (bench/run_phases.py prints it)
+        assert set(info.start_seconds) == {"process", "models", "warm_up", "gpu"}
+        assert all(0 <= s < 60 for s in info.start_seconds.values())
+        assert info.start_seconds["process"] > 0.1  # at least Python's and Ray's start
         err = capsys.readouterr().err
         assert "did not start within 2 s of the first one" in err and "going on with 1 worker(s)" in err
         (outcome,) = run_jobs([JobSpec("left", simulated_uri(20, 1.0), "/tmp/left-out")], pool)

@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 
 import cv2
 import ray
@@ -29,6 +30,16 @@ from facefleet.pipeline.spec import PipelineSpec
 
 BUSY_FLUSH_S = 0.4
 SHARE_HEADROOM = 0.9  # of a worker's share of GPU memory, for onnxruntime's arena
+
+
+def process_started() -> float | None:
+    """This process's start, in time.time() seconds (Linux /proc; None elsewhere)."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def shared_memory_limit(gpu_share: float) -> int:
@@ -63,6 +74,8 @@ class GpuWorker:
         slowdown: float = 1.0,
         gpu_share: float = 1.0,
     ):
+        born = process_started()
+        self.start_seconds = {"process": round(time.time() - born, 3)} if born else {}
         self.worker_id = worker_id
         self.gpu_mem_limit = shared_memory_limit(gpu_share)
         self.slowdown = slowdown  # simulated chunks only: this worker's speed relative to others
@@ -74,21 +87,29 @@ class GpuWorker:
         self._current: dict[tuple[str, int], int] = {}  # chunk key -> frames done
         self._stop: set[tuple[str, int]] = set()  # chunks called off (another copy won)
         self._lock = threading.Lock()
-        self._processor(pipeline)
+        self._processor(pipeline, timed=True)
         self.node_id = ray.get_runtime_context().get_node_id()
         # after the models' sessions exist: on a real GPU, NVML lists this PID then
+        t = time.perf_counter()
         self.gpu_uuid, self.gpu_backend = worker_gpu_uuid(node=self.node_id)
+        self.start_seconds["gpu"] = round(time.perf_counter() - t, 3)
         self._busy: list[tuple[str, float, float, int]] = []  # for a simulated GPU's reporter
         self._busy_sent = time.monotonic()
 
-    def _processor(self, spec: PipelineSpec) -> Processor:
+    def _processor(self, spec: PipelineSpec, timed: bool = False) -> Processor:
+        """The processor for `spec`, built and warmed up on first use; `timed`: record how
+        long each took in start_seconds (the worker's own pipeline, at its start)."""
         with self._lock:
             if spec not in self._processors:
+                t0 = time.perf_counter()
                 reference = read_image(spec.reference_face).bgr if spec.reference_face else None
                 processor = build_processor(
                     spec, threads=self.threads, reference_image=reference, gpu_mem_limit=self.gpu_mem_limit
                 )
+                t1 = time.perf_counter()
                 processor.warm_up()
+                if timed:
+                    self.start_seconds.update(models=round(t1 - t0, 3), warm_up=round(time.perf_counter() - t1, 3))
                 self._processors[spec] = processor
             return self._processors[spec]
 
@@ -105,6 +126,7 @@ class GpuWorker:
             providers=providers,
             gpu_uuid=self.gpu_uuid,
             gpu_backend=self.gpu_backend,
+            start_seconds=dict(self.start_seconds),
         )
 
     def _record_busy(self, start: float, end: float) -> None:

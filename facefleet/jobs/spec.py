@@ -70,6 +70,10 @@ class WorkerInfo:
     providers: dict[str, str]
     gpu_uuid: str | None = None  # from NVML by this worker's PID (NVML order ignores CUDA_VISIBLE_DEVICES)
     gpu_backend: str = ""  # "real" or "simulated" (no NVML: a simulated GPU's UUID)
+    # how its start went, in seconds: "process" (from its process's start to the actor's
+    # constructor: Python, Ray's worker, imports), "models" (sessions made, CUDA started),
+    # "warm_up" (the first call through the stages), "gpu" (finding its GPU in NVML)
+    start_seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
