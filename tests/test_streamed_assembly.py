@@ -150,6 +150,28 @@ def test_a_runner_streams_a_few_jobs_and_stops_each_assembly_it_drops(sample_fac
             streamed.feed.check()
 
 
+def test_a_controller_closed_before_it_served_stops_the_assemblies_it_started(sample_factory, tmp_path):
+    """resume() raising partway leaves serve() unrun: close() must still stop the streamed
+    assemblies of the jobs resume() had started (their files stay for the next resume)."""
+    from types import SimpleNamespace
+
+    from facefleet.errors import OutputError
+    from facefleet.jobs.controller import Controller
+
+    src, _ = sample_factory(VIDEO)
+    pool = SimpleNamespace(plan=SimpleNamespace(workers=1, chunks_per_worker=1, elastic=False), infos={}, actors=[None])
+    controller = Controller(tmp_path / "state", pool)
+    job = plan_job(JobSpec(job_id="resumed", input_uri=str(src), output_uri=str(tmp_path / "o.mp4"), chunk_frames=8))
+    controller.runner.add([job])  # as resume() does for each unfinished job
+    streamed = job.assembly
+    assert streamed is not None
+    controller.close()
+    with pytest.raises(OutputError, match="the run stopped"):
+        streamed.feed.check()
+    assert job.assembly is None and job.workdir.is_dir()  # kept for a resume
+    controller.close()  # a second close changes nothing
+
+
 def test_assembly_is_streamed_only_where_the_output_can_be_renamed_into_place(sample_factory, tmp_path, monkeypatch):
     src, _ = sample_factory(VIDEO)
     job = plan_job(spec(src, tmp_path / "out.mp4"))
