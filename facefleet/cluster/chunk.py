@@ -23,7 +23,7 @@ from facefleet.errors import FacefleetError, InputError
 from facefleet.jobs.spec import ChunkResult, ChunkTask
 from facefleet.media.decode import decode_range
 from facefleet.media.encode import SegmentWriter
-from facefleet.media.files import atomic_output, durable_checksum
+from facefleet.media.files import atomic_output, durable_checksum, is_disk_full
 from facefleet.media.image import read_image, write_image
 from facefleet.models.session import is_out_of_memory
 from facefleet.pipeline.faces import FrameItem
@@ -394,8 +394,8 @@ def _run_video(
                 writer.abort()
         for stage in threads_started:
             if stage.error is not None and not isinstance(stage.error, _Cancelled):
-                if isinstance(stage.error, FacefleetError):
-                    raise stage.error
+                if isinstance(stage.error, FacefleetError) or is_disk_full(stage.error):
+                    raise stage.error  # a full disk: atomic_output names the segment (final, not retried)
                 raise RuntimeError(f"{stage.name} failed: {stage.error!r}") from stage.error
         if done["frames"] != task.frames:
             end = task.start + task.frames

@@ -21,6 +21,7 @@ import av
 from facefleet.errors import InputError, OutputError
 from facefleet.media import storage
 from facefleet.media.encode import container_options
+from facefleet.media.files import is_disk_full
 from facefleet.media.probe import REMOTE_BUFFER_BYTES, VideoInfo, open_input
 
 # Muxer name for an output file extension.
@@ -153,6 +154,8 @@ def assemble(info: VideoInfo, segments: list[Path | str] | SegmentFeed, output: 
                         packet.stream = audio_map[packet.stream.index]
                     out.mux(packet)
             except av.error.FFmpegError as exc:
+                if is_disk_full(exc):
+                    raise  # the caller's atomic_output names the output: "the disk is full"
                 raise OutputError(f"{output.name}: muxing failed ({exc})") from None
     if frames != info.frames:
         raise InputError(info.uri, f"assembled {frames} frames but the input has {info.frames}")

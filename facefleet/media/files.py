@@ -71,7 +71,8 @@ def _injected_disk_full(path: Path, tmp: Path) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC) + " (injected)", str(tmp))
 
 
-def _is_disk_full(exc: BaseException) -> bool:
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC or EDQUOT, from Python or from FFmpeg through PyAV (its errors are OSErrors)."""
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -88,7 +89,7 @@ def atomic_output(path: Path, tmp: Path | None = None) -> Iterator[Path]:
         _replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        if _is_disk_full(exc):
+        if is_disk_full(exc):
             raise OutputError(f"{path}: the disk is full ({exc.strerror or exc}); free some space and run it again") from None
         raise
 
