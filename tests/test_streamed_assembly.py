@@ -187,6 +187,36 @@ def test_assembly_is_streamed_only_where_the_output_can_be_renamed_into_place(sa
     assert streamed_assembly(job.info, segments, str(tmp_path / "out.mp4"), work, writes_table=False) is None
 
 
+def test_not_streamed_from_a_work_dir_elsewhere_into_a_directory_that_passes_on_its_group_or_acl(
+    sample_factory, tmp_path, monkeypatch
+):
+    """A file made in the state dir and renamed into a setgid (or default-ACL) output
+    directory would keep the state dir's group and ACL: such jobs are assembled at the end,
+    beside the output, unless their work directory is inside the output's directory."""
+    import os
+    import stat
+
+    from facefleet.media import files
+
+    src, _ = sample_factory(VIDEO)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    out = str(shared / "out.mp4")
+    job = plan_job(spec(src, shared / "out.mp4"))
+    segments = [Path(t.segment_uri) for t in job.tasks]
+    elsewhere = tmp_path / "state" / "work" / "unit"  # serve's work dir: same disk, another directory
+    assert streamed_assembly(job.info, segments, out, elsewhere, writes_table=False) is not None
+    os.chmod(shared, os.stat(shared).st_mode | stat.S_ISGID)
+    assert files.passes_on_ownership(shared) and files.passes_on_ownership(shared / "sub" / "dir")
+    assert streamed_assembly(job.info, segments, out, elsewhere, writes_table=False) is None
+    assert streamed_assembly(job.info, segments, out, job.workdir, writes_table=False) is not None  # run's: inside
+    os.chmod(shared, os.stat(shared).st_mode & ~stat.S_ISGID)
+    monkeypatch.setattr(files.os, "listxattr", lambda path: [files.DEFAULT_ACL_XATTR])  # a default ACL
+    assert streamed_assembly(job.info, segments, out, elsewhere, writes_table=False) is None
+    monkeypatch.setattr(files.os, "listxattr", lambda path: [])
+    assert streamed_assembly(job.info, segments, out, elsewhere, writes_table=False) is not None
+
+
 def test_an_output_moved_across_filesystems_is_copied_then_renamed(tmp_path, monkeypatch):
     """Bind mounts of one disk share a device number but refuse renames between them (EXDEV)."""
     import errno

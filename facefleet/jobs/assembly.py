@@ -17,9 +17,11 @@ in the job's work directory, which goes with the job, never beside the output, s
 killed run leaves no stray file there (a resume writes it again). Moving it into place
 is a rename: jobs whose work directory is on another filesystem than the output, outputs
 in object storage, inputs in object storage (their audio would be read over a connection
-held open, idle, for the whole job), and jobs that also write tables (all of a job's
-outputs, or none) are assembled at the end as before (`streamed_assembly` returns None
-for them).
+held open, idle, for the whole job), jobs that also write tables (all of a job's
+outputs, or none), and jobs whose work directory is outside the output's directory
+(`serve` keeps it in the state dir) when that directory gives its files its group
+(setgid) or a default ACL, which a file made elsewhere would miss, are assembled at the
+end as before (`streamed_assembly` returns None for them).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import threading
 from pathlib import Path
 
 from facefleet.media.assemble import SegmentFeed, assemble
-from facefleet.media.files import same_filesystem
+from facefleet.media.files import passes_on_ownership, same_filesystem
 from facefleet.media.probe import VideoInfo
 from facefleet.media.storage import is_remote, local_path, output_file
 
@@ -86,6 +88,11 @@ def streamed_assembly(
     its work directory; None where the output is assembled at the end (see the module)."""
     if info is None or not segments or writes_table or is_remote(output_uri) or is_remote(info.uri):
         return None
-    if not same_filesystem(workdir, Path(local_path(output_uri)).parent):
+    out_dir = Path(local_path(output_uri)).parent
+    if not same_filesystem(workdir, out_dir):
+        return None
+    if not workdir.absolute().is_relative_to(out_dir.absolute()) and passes_on_ownership(out_dir):
+        # made in the work dir (the state dir's, for `serve`), the output would miss the
+        # group or default ACL that the output's directory gives the files made in it
         return None
     return StreamedAssembly(info, segments, output_uri, workdir)

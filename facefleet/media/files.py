@@ -15,6 +15,7 @@ import hashlib
 import os
 import secrets
 import shutil
+import stat
 from contextlib import contextmanager
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,6 +116,30 @@ def same_filesystem(a: Path, b: Path) -> bool:
 
     first = device(a.absolute())
     return first is not None and first == device(b.absolute())
+
+
+DEFAULT_ACL_XATTR = "system.posix_acl_default"
+
+
+def passes_on_ownership(directory: Path) -> bool:
+    """Whether a file made in `directory` gets something from it beyond the creating
+    process's user, group and umask: the directory's group (setgid bit) or its default ACL.
+    A file made elsewhere and renamed in would not have it. A directory that cannot be
+    read is taken to pass something on (the careful answer)."""
+    for candidate in (directory, *directory.parents):  # the nearest existing one
+        try:
+            mode = candidate.stat().st_mode
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return True
+        if mode & stat.S_ISGID:
+            return True
+        try:
+            return DEFAULT_ACL_XATTR in os.listxattr(candidate)
+        except OSError as exc:
+            return exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP)  # no xattrs here: no ACLs
+    return False
 
 
 def durable_checksum(path: Path) -> str:
