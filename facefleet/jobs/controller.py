@@ -99,7 +99,6 @@ class Controller:
         self.stragglers: dict[str, tuple[Path, list]] = {}
         self.rows: dict[str, list[dict]] = {}  # job id -> chunk rows for its report
         self._last_live = 0.0
-        self._runner_open = True
         # the reporters' samples into the state dir's sample log, in a thread beside this loop
         self.samples = SampleKeeper(self.state_dir, self.reporters, on_samples=metrics.update_gpus if metrics else None)
         self.samples.start()
@@ -138,21 +137,14 @@ class Controller:
                 if until_idle and self.idle:
                     break
         finally:
-            self._close_runner()
+            self.runner.close(keep_unfinished=True)
             self.samples.stop()
             self._publish_live()
 
-    def _close_runner(self) -> None:
-        """Close the runner once, keeping unfinished jobs' work for a resume: their
-        streamed assemblies stop, and called-off chunks get their moment to return."""
-        if self._runner_open:
-            self._runner_open = False
-            self.runner.close(keep_unfinished=True)
-
     def close(self) -> None:
         """End the controller; also when serve() never ran (resume() raised partway):
-        jobs it had started then stop their streamed assemblies too."""
-        self._close_runner()
+        jobs it had started then stop their streamed assemblies too (the runner closes once)."""
+        self.runner.close(keep_unfinished=True)
         self.samples.stop()
         self.store.close()
 

@@ -510,6 +510,7 @@ class JobRunner:
         # ended jobs whose copies are still out: kept until those are back (late results are
         # told apart from new ones, a called-off copy is told to on_failure, its work dir goes again)
         self.ended: dict[str, PlannedJob] = {}
+        self._closed = False
         self._turn = 0
         self._last_poll = 0.0
         self._no_worker_since: float | None = None
@@ -724,7 +725,11 @@ class JobRunner:
 
     def close(self, keep_unfinished: bool = False) -> None:
         """Release the autoscaler's request, let called-off chunks stop, tidy up: work
-        directories of unfinished jobs go too, unless `keep_unfinished` (resumable)."""
+        directories of unfinished jobs go too, unless `keep_unfinished` (resumable).
+        Once: a second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         if self.autoscaler is not None:
             self.autoscaler.release(time.monotonic(), "the jobs ended")
         self.dispatcher.wait_for_stragglers(timeout=5.0)
