@@ -65,6 +65,19 @@ def test_fallback_checks_latest_releases_and_names_the_rest():
     assert verdict.failed
 
 
+def test_a_latest_release_this_python_cannot_install_is_named():
+    newer_python = f">={sys.version_info[0]}.{sys.version_info[1] + 1}"
+    projects = {
+        "a": {"info": {"version": "19.0", "requires_python": newer_python}, "vulnerabilities": []},
+        "b": {"info": {"version": "2.0", "requires_python": ">=3.8"}, "vulnerabilities": []},
+    }
+    verdict = audit_tool.from_latest_release([("a", "18.1"), ("b", "1.0")], projects.__getitem__)
+    assert verdict.not_checked == [
+        f"a 18.1 (not the latest release, 19.0, which needs Python {newer_python})",
+        "b 1.0 (not the latest release, 2.0)",
+    ]
+
+
 def test_no_vulnerability_data_is_not_taken_as_clean():
     verdict = audit_tool.from_latest_release([("a", "1.0")], lambda name: {"info": {"version": "1.0"}})
     assert not verdict.checked and not verdict.failed

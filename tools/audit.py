@@ -27,6 +27,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 PYPI_JSON = "https://pypi.org/pypi"
@@ -100,6 +101,17 @@ def _newer(versions: list[str], pinned: str) -> list[str]:
     return [v for v in versions if base is None or (parse(v) is not None and parse(v) > base)]
 
 
+def _python_note(project: dict) -> str:
+    """", which needs Python >=3.12" when the latest release cannot install on this Python."""
+    wanted = project["info"].get("requires_python") or ""
+    try:
+        if wanted and not SpecifierSet(wanted).contains(".".join(map(str, sys.version_info[:3]))):
+            return f", which needs Python {wanted}"
+    except InvalidSpecifier:
+        pass
+    return ""
+
+
 def from_latest_release(pins: list[tuple[str, str]], fetch: Callable[[str], dict]) -> Verdict:
     """Check each pin that is its project's latest release against the vulnerabilities that
     `fetch(name)` (the project's JSON) lists for that release."""
@@ -117,7 +129,7 @@ def from_latest_release(pins: list[tuple[str, str]], fetch: Callable[[str], dict
             verdict.not_checked.append(f"{pin} (the registry gives no vulnerability data)")
             continue
         if latest != version:
-            verdict.not_checked.append(f"{pin} (not the latest release, {latest})")
+            verdict.not_checked.append(f"{pin} (not the latest release, {latest}{_python_note(project)})")
             continue
         verdict.checked.append(pin)
         for vuln in vulns:
