@@ -44,6 +44,7 @@ VARIANTS = [
     ("default", {}, {}),
     ("CUDA_MODULE_LOADING=EAGER", {"CUDA_MODULE_LOADING": "EAGER"}, {}),
     ("cudnn_conv_use_max_workspace=0", {}, {"cudnn_conv_use_max_workspace": "0"}),
+    ("cudnn_conv_algo_search=DEFAULT", {}, {"cudnn_conv_algo_search": "DEFAULT"}),
     ("default, again", {}, {}),
 ]
 
