@@ -79,6 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--detect-size", type=int, default=640, help="facefleet --detect-size; deface --scale matches it")
     p.add_argument("--thresh", type=float, default=0.5, help="detection threshold for both tools")
     p.add_argument("--repeat", type=int, default=1, help="runs per command; medians are reported")
+    p.add_argument("--tries", type=int,
+                   help="most runs per command, spoiled ones included (default 4 x --repeat); 1 keeps a spoiled run "
+                        "(marked clean=false) instead of repeating it, to bound the time on a busy machine")
     p.add_argument("--deface-python", help="interpreter where deface is importable (skips making a venv)")
     p.add_argument("--deface-backend", choices=("onnxrt", "opencv"),
                    help="default: opencv without a GPU (what a plain `pip install deface` runs, and faster on CPU here), "
@@ -341,10 +344,11 @@ def pick_deface_ep(args, probe: dict, gpu: bool) -> str | None:
     return "CUDAExecutionProvider" if gpu and "CUDAExecutionProvider" in probe["providers"] else None
 
 
-def measure(name: str, cmd: list[str], out: Path, frames: int, repeat: int, parse) -> dict:
-    """Run `cmd` until `repeat` clean runs (others used under OTHERS_LIMIT of its CPU time) or 4x as many tries."""
+def measure(name: str, cmd: list[str], out: Path, frames: int, repeat: int, parse, tries: int | None = None) -> dict:
+    """Run `cmd` until `repeat` clean runs (others used under OTHERS_LIMIT of its CPU time) or
+    `tries` runs in all (default 4x `repeat`)."""
     runs, spoiled = [], []
-    while len(runs) < repeat and len(runs) + len(spoiled) < 4 * repeat:
+    while len(runs) < repeat and len(runs) + len(spoiled) < (tries or 4 * repeat):
         out.unlink(missing_ok=True)
         print(f"[{name} {len(runs) + 1}/{repeat}] {shlex.join(cmd)}", flush=True)
         busy_before = wait_quiet()
@@ -459,11 +463,11 @@ def main(argv=None) -> None:
     print(f"detector input: facefleet {det['facefleet_tensor']}, deface --scale {det['deface_scale']} -> {det['deface_tensor']}")
 
     deface = measure("deface", deface_cmd(args, deface_python, video, WORK / "out_deface.mp4", det["deface_scale"], ep),
-                     WORK / "out_deface.mp4", args.frames, args.repeat, parse_deface)
+                     WORK / "out_deface.mp4", args.frames, args.repeat, parse_deface, args.tries)
     ff = measure("facefleet", facefleet_cmd(args, video, WORK / "out_facefleet.mp4", ""),
-                 WORK / "out_facefleet.mp4", args.frames, args.repeat, parse_facefleet)
+                 WORK / "out_facefleet.mp4", args.frames, args.repeat, parse_facefleet, args.tries)
     variants = [measure(f"facefleet {v}", facefleet_cmd(args, video, WORK / "out_variant.mp4", v),
-                        WORK / "out_variant.mp4", args.frames, args.repeat, parse_facefleet) for v in args.variant]
+                        WORK / "out_variant.mp4", args.frames, args.repeat, parse_facefleet, args.tries) for v in args.variant]
     for row in [ff, *variants]:
         row["ratio_e2e"] = round(deface["wall_s"] / row["wall_s"], 2)
     ratios = {"e2e": ff["ratio_e2e"],
