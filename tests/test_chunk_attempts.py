@@ -9,7 +9,6 @@ import time
 import pytest
 
 from facefleet.cluster.pool import PoolPlan, WorkerPool
-from facefleet.cluster.runtime import ray_session
 from facefleet.jobs.controller import Controller
 from facefleet.jobs.runner import JobRunner, plan_jobs, simulated_uri
 from facefleet.jobs.spec import JobSpec
@@ -20,14 +19,19 @@ from facefleet.report.tables import STAGE_GROUPS, read_job_data
 from facefleet.samples import SampleSpec
 
 
+# num_cpus, num_gpus: the embedded Ray of test_cluster.py, test_monitor.py and
+# test_reporter.py (conftest.py); this module's one CPU worker takes no GPU
+SHARED_RAY = (2, 2)
+
+
 @pytest.fixture(scope="module")
-def pool():
-    with ray_session(num_cpus=2):
-        workers = WorkerPool(PoolPlan(1, gpus_per_worker=0, cpus_per_worker=1, chunks_per_worker=2), PipelineSpec())
-        try:
-            yield workers
-        finally:
-            workers.shutdown()
+def pool(shared_ray):
+    shared_ray(*SHARED_RAY)
+    workers = WorkerPool(PoolPlan(1, gpus_per_worker=0, cpus_per_worker=1, chunks_per_worker=2), PipelineSpec())
+    try:
+        yield workers
+    finally:
+        workers.shutdown()
 
 
 def drain(runner, timeout: float = 30.0) -> None:

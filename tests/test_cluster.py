@@ -13,20 +13,22 @@ import pytest
 import ray
 
 from facefleet.cluster.pool import WorkerPool, plan_pool
-from facefleet.cluster.runtime import ClusterInfo, ray_session
+from facefleet.cluster.runtime import ClusterInfo
 from facefleet.jobs.runner import run_jobs
 from facefleet.jobs.spec import JobSpec
 from facefleet.pipeline.spec import PipelineSpec
 from facefleet.samples import SampleSpec
 
 VIDEO = SampleSpec(width=320, height=180, frames=60, gop=20)
+# num_cpus, num_gpus: test_chunk_attempts.py, test_monitor.py and test_reporter.py run on the same
+# embedded Ray (conftest.py)
+SHARED_RAY = (2, 2)
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(shared_ray):
     """An embedded Ray with two fake GPUs (the machine has none)."""
-    with ray_session(num_cpus=2, num_gpus=2) as info:
-        yield info
+    return shared_ray(*SHARED_RAY)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import pytest
 
 from facefleet.cluster.chunk import is_out_of_memory, run_chunk
 from facefleet.cluster.pool import PoolPlan, WorkerPool
-from facefleet.cluster.runtime import ray_session
 from facefleet.jobs.runner import plan_job, run_jobs, run_planned, simulated_uri
 from facefleet.jobs.spec import JobSpec
 from facefleet.pipeline.processor import Processor, build_processor
@@ -18,10 +17,12 @@ from facefleet.pipeline.stages import AnonymizeStage, DetectStage
 from facefleet.samples import SampleSpec
 
 
+SHARED_RAY = (4, 2)  # num_cpus, num_gpus: test_steering.py runs on the same embedded Ray (conftest.py)
+
+
 @pytest.fixture(scope="module")
-def cluster():
-    with ray_session(num_cpus=4, num_gpus=2) as info:
-        yield info
+def cluster(shared_ray):
+    return shared_ray(*SHARED_RAY)
 
 
 def pool_of(slowdowns, chunks_per_worker=1):
@@ -107,14 +108,14 @@ def test_out_of_memory_halves_the_batch_and_retries_the_chunk(sample_factory, tm
 
 
 def test_idle_workers_are_retired_while_others_finish(cluster):
-    pool = pool_of([1.0, 10.0])  # worker 1 takes 10x longer over its chunk
+    pool = pool_of([1.0, 10.0])  # worker 1 takes 10x longer over its chunk: 3 s
     try:
-        outcome = run_jobs([sim_job("idle", 60, 20, 30)], pool, duplicate_tail=False, idle_retire_s=0.5)[0]
+        outcome = run_jobs([sim_job("idle", 60, 10, 30)], pool, duplicate_tail=False, idle_retire_s=0.5)[0]
         retired = 0 not in pool.actors
     finally:
         pool.shutdown()
     assert outcome.ok and outcome.frames == 60
-    assert retired  # worker 0 finished its chunk at 0.6 s and sat idle past 0.5 s
+    assert retired  # worker 0 finished its chunk at 0.3 s and sat idle past 0.5 s while worker 1 worked on
 
 
 def test_no_gpu_means_no_shared_memory_limit():

@@ -53,7 +53,16 @@ def pool():
             os.environ[FAULT_ENOSPC_ENV] = before
 
 
+def all_up(pool) -> None:
+    """Wait until every worker of the module's pool answers: a test after one that had a
+    worker restarted (a stalled chunk) starts with both workers there, as when run alone."""
+    import ray
+
+    ray.get([pool.ping(worker) for worker in pool.actors], timeout=120)
+
+
 def serve(state: Path, pool, requests, duplicate_tail: bool = True, **options) -> list[str]:
+    all_up(pool)
     lines: list[str] = []
     for request in requests:
         Inbox(state).put("submit", request.payload())
@@ -126,6 +135,7 @@ def test_a_worker_whose_chunks_all_fail_is_taken_out_of_rotation(pool, tmp_path)
 def test_a_failing_worker_is_taken_out_but_never_the_last_one(pool):
     """In the runner alone: worker 0 returns errors and is taken out, worker 1 does the
     work; the last worker in rotation cannot be taken out."""
+    all_up(pool)
     runner = JobRunner(pool, on_worker_out=lambda worker, line: None)
     runner.add(plan_jobs([JobSpec("allbad", simulated_uri(100, 1.0, bad_worker=0), "/tmp/allbad", chunk_frames=10)]))
     while runner.busy:
@@ -150,6 +160,7 @@ def test_disk_full_while_writing_a_segment_or_the_output(pool, tmp_path, sample_
         JobSpec("diskout", str(video), str(out / "diskout.mp4"), chunk_frames=8),
         JobSpec("fine", str(video), str(out / "fine.mp4"), chunk_frames=8),
     ]
+    all_up(pool)
     seg, final, fine = run_planned(plan_jobs(specs), pool, stall_timeout_s=None)
     assert "chunk-00001.mp4: the disk is full (No space left on device (injected)); free some space" in seg.error
     assert final.error.startswith(f"{out / 'diskout.mp4'}: the disk is full"), final.error
@@ -159,14 +170,17 @@ def test_disk_full_while_writing_a_segment_or_the_output(pool, tmp_path, sample_
     assert run_planned.last_stats.retries == 0  # a full disk is not retried: the job fails at once
 
 
-def test_seeded_faults_in_a_multi_job_run(tmp_path):
+def test_seeded_faults_in_a_multi_job_run(tmp_path, monkeypatch):
     """bench/faults.py's short run: 3 video jobs + a bad input + an output on a full disk
     + a simulated job with a stalling chunk; a worker, the reporter and the controller
     killed at seeded moments. Every job done with the fault-free run's bytes or failed
-    with a reason, nothing lost, the store sound, no temporary file left."""
+    with a reason, nothing lost, the store sound, no temporary file left. (The fault-free
+    bytes: tests/faultref.py, in this process and shared with test_faults_bench.py.)"""
+    from faultref import reference_meanwhile
     from faults import fault_run
 
-    report = fault_run(tmp_path, seed=3, jobs=3, faults=3, frames=32, workers=1, stall_timeout_s=3.0)
+    with reference_meanwhile(monkeypatch):
+        report = fault_run(tmp_path, seed=3, jobs=3, faults=3, frames=32, workers=1, stall_timeout_s=3.0)
     assert report["lost"] == 0, report
     assert report["integrity"] == [], report
     assert report["leftovers"] == [], report

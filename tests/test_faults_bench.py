@@ -2,8 +2,9 @@
 cluster of two nodes on 127.0.0.1 (a head and one more, a fake GPU each), the controller
 (`facefleet serve --address ... --until-idle`) joins it and runs 3 video jobs, a bad input
 and an output on a full disk, and at a seeded moment every process of the second node is
-SIGKILLed; the head's node finishes the jobs. About 40 s on 2 cores (a fault-free
-reference run, the cluster's start, the controller's start).
+SIGKILLed; the head's node finishes the jobs. About 30 s on 2 cores (the cluster's start,
+the controller's start, the jobs after the node's loss); the fault-free reference is computed in
+this process meanwhile, or was already by test_faults.py (tests/faultref.py).
 
 Only the node is killed here: with a controller kill in the same run (the bench's full
 mix), a controller that starts while the cluster still counts the dead node's GPU, or
@@ -21,11 +22,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 
 @pytest.mark.timeout(240)
-def test_a_node_killed_in_the_fault_bench(tmp_path):
+def test_a_node_killed_in_the_fault_bench(tmp_path, monkeypatch):
+    from faultref import reference_meanwhile
     from faults import NODE_KILLED, fault_run
 
-    report = fault_run(tmp_path, seed=2, jobs=3, faults=1, frames=32, workers=2, nodes=2, stall_timeout_s=5.0,
-                       timeout_s=180.0, stuck_s=60.0, simulated=False)
+    # the fault-free run's bytes: in this process, meanwhile, and once for this and
+    # test_faults.py's run of the same videos (tests/faultref.py)
+    with reference_meanwhile(monkeypatch):
+        report = fault_run(tmp_path, seed=2, jobs=3, faults=1, frames=32, workers=2, nodes=2, stall_timeout_s=5.0,
+                           timeout_s=180.0, stuck_s=60.0, simulated=False)
     assert report["injected"].get(NODE_KILLED) == 1, report
     assert any(NODE_KILLED in line for line in report["log"]), report["log"]
     assert report["lost"] == 0 and not report["hung"], report

@@ -132,17 +132,21 @@ def test_once_prints_one_view_of_local_simulated_gpus(tmp_path):
 # --------------------------------------------------------------------------- on Ray
 
 
-@pytest.fixture(scope="module")
-def ray_with_reporters():
-    from facefleet.cluster.reporter import REPORTER_PREFIX, start_reporters, stop_reporters
-    from facefleet.cluster.runtime import ray_session
+# num_cpus, num_gpus (the reporters take no CPU): test_chunk_attempts.py, test_cluster.py and test_reporter.py run
+# on the same embedded Ray (conftest.py)
+SHARED_RAY = (2, 2)
 
-    with ray_session(num_cpus=1, num_gpus=2):
-        reporters = start_reporters(interval=0.2, backend_kind="simulated", name_prefix=REPORTER_PREFIX)
-        try:
-            yield reporters
-        finally:
-            stop_reporters(reporters)
+
+@pytest.fixture(scope="module")
+def ray_with_reporters(shared_ray):
+    from facefleet.cluster.reporter import REPORTER_PREFIX, start_reporters, stop_reporters
+
+    shared_ray(*SHARED_RAY)
+    reporters = start_reporters(interval=0.2, backend_kind="simulated", name_prefix=REPORTER_PREFIX)
+    try:
+        yield reporters
+    finally:
+        stop_reporters(reporters)
 
 
 def test_the_monitor_reads_the_named_reporters_of_a_cluster(ray_with_reporters):

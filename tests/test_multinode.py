@@ -3,6 +3,8 @@ chunks spread over nodes, a node removed mid-job, a node added mid-job."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import ray
@@ -22,16 +24,41 @@ VIDEO = SampleSpec(width=160, height=96, frames=120, gop=30)
 LOSSLESS = EncodeSettings(quality=100)
 
 
-@pytest.fixture
-def cluster():
+GPU_NODES = 2
+
+
+@pytest.fixture(scope="module")
+def head():
+    """The cluster's head (1 CPU, no GPU), started once for the module (about 8 s with its
+    nodes on 2 cores); `cluster` gives each test its GPU nodes."""
     loopback_environment()
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
-    nodes = [c.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
-    ray.init(address=c.address, logging_level="ERROR", log_to_driver=False)
+    try:
+        ray.init(address=c.address, logging_level="ERROR", log_to_driver=False)
+        yield c
+    finally:
+        ray.shutdown()
+        c.shutdown()
+
+
+@pytest.fixture
+def cluster(head):
+    """The head and two GPU nodes (1 CPU, 1 fake GPU each), as every test starts with: a
+    node the previous test removed is replaced by a new one, one it added is removed, and
+    the test starts once Ray counts exactly these nodes alive and their 2 GPUs."""
+    c = head
+    while len(c.worker_nodes) > GPU_NODES:
+        c.remove_node(sorted(c.worker_nodes, key=lambda n: n.unique_id)[-1])
+    while len(c.worker_nodes) < GPU_NODES:
+        c.add_node(num_cpus=1, num_gpus=1)
     c.wait_for_nodes()
+    nodes = sorted(c.worker_nodes, key=lambda n: n.unique_id)
+    alive = {c.head_node.node_id, *(n.node_id for n in nodes)}
+    deadline = time.monotonic() + 60
+    while {n["NodeID"] for n in ray.nodes() if n["Alive"]} != alive or ray.cluster_resources().get("GPU", 0) != GPU_NODES:
+        assert time.monotonic() < deadline, (ray.nodes(), ray.cluster_resources())
+        time.sleep(0.1)
     yield c, nodes
-    ray.shutdown()
-    c.shutdown()
 
 
 class When:

@@ -467,12 +467,14 @@ def test_reporter_over_the_real_backend(fake_pynvml):
 # --------------------------------------------------------------------------- on Ray
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    from facefleet.cluster.runtime import ray_session
+# num_cpus, num_gpus: test_chunk_attempts.py, test_cluster.py and test_monitor.py run on the same
+# embedded Ray (conftest.py)
+SHARED_RAY = (2, 2)
 
-    with ray_session(num_cpus=2, num_gpus=2) as info:
-        yield info
+
+@pytest.fixture(scope="module")
+def ray_cluster(shared_ray):
+    return shared_ray(*SHARED_RAY)
 
 
 def test_one_reporter_per_node_on_ray(ray_cluster):

@@ -33,6 +33,20 @@ def runs_dir() -> Path:
 def test_run_killed_mid_way_is_finished_by_run_resume(sample_factory, tmp_path):
     src, _ = sample_factory(VIDEO, name="long clip.mp4")
     out = tmp_path / "out.mp4"
+    # the same run with no store (--no-state), whose frames the resumed output must have:
+    # it depends on nothing below, so it runs meanwhile, in a process group of its own
+    clean = tmp_path / "clean.mp4"
+    clean_run = subprocess.Popen(
+        [*FACEFLEET, "run", str(src), "-o", str(clean), "--chunk-frames", "8", "--workers", "1", "-q", "--no-state"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        killed_mid_way_then_resumed(src, out, clean, clean_run, tmp_path)
+    finally:
+        kill_group(clean_run)  # whatever of it is left: its Ray
+
+
+def killed_mid_way_then_resumed(src: Path, out: Path, clean: Path, clean_run: subprocess.Popen, tmp_path: Path) -> None:
     run = subprocess.Popen(  # no --state-dir: the run gets a store of its own under runs/
         [*FACEFLEET, "run", str(src), "-o", str(out), "--chunk-frames", "8", "--workers", "1", "--gpu-backend", "simulated"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
@@ -72,9 +86,8 @@ def test_run_killed_mid_way_is_finished_by_run_resume(sample_factory, tmp_path):
     again = cli("run", "--resume", timeout=60)  # nothing left: says so, starts nothing
     assert again.returncode == 0 and "no unfinished run" in again.stderr
 
-    clean = tmp_path / "clean.mp4"
-    ran = cli("run", str(src), "-o", str(clean), "--chunk-frames", "8", "--workers", "1", "-q", "--no-state", timeout=300)
-    assert ran.returncode == 0, ran.stderr
+    _, ran_stderr = clean_run.communicate(timeout=300)
+    assert clean_run.returncode == 0, ran_stderr
     assert [p.name for p in runs_dir().iterdir()] == [state.name]  # --no-state kept nothing
     pts_a, frames_a = decode_all(out)
     pts_b, frames_b = decode_all(clean)
@@ -105,10 +118,21 @@ def test_state_dir_keeps_every_run_option(sample_factory, tmp_path):
         "--face-enhancer-model", "codeformer", "--face-enhancer-weight", "0.6", "--models-dir", "models",
         "--output-video-quality", "70", "--workers", "1", "--gpu-backend", "simulated",
     ]
-    def run(*args: str) -> subprocess.CompletedProcess:  # in tmp_path: --models-dir models is relative to it
-        return subprocess.run([*FACEFLEET, "run", str(src), *args, *options], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    def start(*args: str) -> subprocess.Popen:  # in tmp_path: --models-dir models is relative to it
+        return subprocess.Popen([*FACEFLEET, "run", str(src), *args, *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, cwd=tmp_path, start_new_session=True)
 
-    kept = run("-o", "kept.mp4", "--state-dir", "state")
+    def finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
+        stdout, stderr = proc.communicate(timeout=120)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+    # the run kept in a store and the same run without one (--no-state) are independent: at once
+    runs = [start("-o", "kept.mp4", "--state-dir", "state"), start("-o", "plain.mp4", "-q", "--no-state")]
+    try:
+        kept, plain = map(finish, runs)
+    finally:
+        for proc in runs:
+            kill_group(proc)  # whatever of them is left: their Ray
     assert kept.returncode == 0, kept.stderr
     given = PipelineSpec(
         batch_size=2, mask_padding=(1, 2, 3, 4), anonymize=AnonymizeOptions(replacewith="mosaic", mosaic_size=6),
@@ -118,7 +142,6 @@ def test_state_dir_keeps_every_run_option(sample_factory, tmp_path):
         (job,) = store.jobs()
         assert job.state == "done" and store.inputs(job.job_id)[0].output_uri == str(tmp_path / "kept.mp4")
         assert job_settings(job.job_id, job.spec) == (given, EncodeSettings(quality=70), 8)
-    plain = run("-o", "plain.mp4", "-q", "--no-state")
     assert plain.returncode == 0, plain.stderr
     pts_a, frames_a = decode_all(tmp_path / "kept.mp4")
     pts_b, frames_b = decode_all(tmp_path / "plain.mp4")
@@ -154,7 +177,7 @@ def test_an_interrupted_run_says_how_to_finish_it():
     cli_main = "import sys; sys.argv[0] = 'facefleet'; from facefleet.cli import main; main()"
     run = subprocess.Popen(
         [FACEFLEET[0], "-c", f"{stacks}; {cli_main}",
-         "run", "simulated://4000?ms=50", "-o", "sim-out", "--chunk-frames", "50", "--workers", "1", "-q"],
+         "run", "simulated://4000?ms=10", "-o", "sim-out", "--chunk-frames", "50", "--workers", "1", "-q"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
     try:

@@ -10,7 +10,6 @@ import pytest
 from facefleet.cluster.monitor import GpuMonitor, gpu_health
 from facefleet.cluster.pool import PoolPlan, WorkerPool
 from facefleet.cluster.reporter import REPORTER_PREFIX, start_reporters, stop_reporters
-from facefleet.cluster.runtime import ray_session
 from facefleet.jobs.runner import run_jobs, run_planned, simulated_uri
 from facefleet.jobs.spec import JobSpec
 from facefleet.pipeline.spec import PipelineSpec
@@ -25,12 +24,15 @@ def test_gpu_health_rules():
     assert gpu_health({}) == ""
 
 
+SHARED_RAY = (4, 2)  # num_cpus, num_gpus: test_dispatch.py runs on the same embedded Ray (conftest.py)
+
+
 @pytest.fixture(scope="module")
-def cluster():
-    with ray_session(num_cpus=4, num_gpus=2) as info:
-        reporters = start_reporters(0.2, "simulated", name_prefix=REPORTER_PREFIX)
-        yield info, reporters
-        stop_reporters(reporters)
+def cluster(shared_ray):
+    info = shared_ray(*SHARED_RAY)
+    reporters = start_reporters(0.2, "simulated", name_prefix=REPORTER_PREFIX)
+    yield info, reporters
+    stop_reporters(reporters)
 
 
 @pytest.fixture(scope="module")
