@@ -53,12 +53,21 @@ def pool():
             os.environ[FAULT_ENOSPC_ENV] = before
 
 
-def all_up(pool) -> None:
+def all_up(pool, timeout_s: float = 120.0) -> None:
     """Wait until every worker of the module's pool answers: a test after one that had a
-    worker restarted (a stalled chunk) starts with both workers there, as when run alone."""
+    worker restarted (a stalled chunk) starts with both workers there, as when run alone.
+    A worker that is still restarting answers ActorUnavailableError: asked again."""
     import ray
 
-    ray.get([pool.ping(worker) for worker in pool.actors], timeout=120)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            ray.get([pool.ping(worker) for worker in pool.actors], timeout=max(1.0, deadline - time.monotonic()))
+            return
+        except ray.exceptions.ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def serve(state: Path, pool, requests, duplicate_tail: bool = True, **options) -> list[str]:
