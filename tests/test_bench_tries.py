@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,13 +11,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def avd(monkeypatch):
+    """bench/anonymize_vs_deface.py with every run spoiled (others used half of the tool's
+    CPU time); `avd.calls` lists the runs."""
     monkeypatch.syspath_prepend(str(ROOT / "bench"))
-    spec = importlib.util.spec_from_file_location("avd_under_test", ROOT / "bench" / "anonymize_vs_deface.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    import anonymize_vs_deface as module
+
     calls = []
 
-    def run_timed(cmd):  # every run spoiled: others used half of the tool's CPU time
+    def run_timed(cmd):
         calls.append(cmd)
         return {"wall_s": 10.0 + len(calls), "tool_cpu_s": 100.0, "other_cpu_s": 50.0, "gpu_percent": None,
                 "chunks": [], "text": ""}
@@ -27,7 +26,7 @@ def avd(monkeypatch):
     monkeypatch.setattr(module, "wait_quiet", lambda: 0.0)
     monkeypatch.setattr(module, "run_timed", run_timed)
     monkeypatch.setattr(module, "inspect_output", lambda path: {"frames": 30})
-    module.calls = calls
+    monkeypatch.setattr(module, "calls", calls, raising=False)
     return module
 
 

@@ -30,16 +30,25 @@ def runs_dir() -> Path:
     return Path(os.environ["FACEFLEET_STATE"]) / "runs"
 
 
+def start_run(*args: str, cwd: Path | None = None) -> subprocess.Popen:
+    """`facefleet run ARGS` in the background, in a process group of its own (kill_group ends
+    what is left of it, its Ray included); `finish` collects it."""
+    return subprocess.Popen([*FACEFLEET, "run", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=cwd, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> subprocess.CompletedProcess:
+    stdout, stderr = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
 def test_run_killed_mid_way_is_finished_by_run_resume(sample_factory, tmp_path):
     src, _ = sample_factory(VIDEO, name="long clip.mp4")
     out = tmp_path / "out.mp4"
     # the same run with no store (--no-state), whose frames the resumed output must have:
-    # it depends on nothing below, so it runs meanwhile, in a process group of its own
+    # it depends on nothing below, so it runs meanwhile
     clean = tmp_path / "clean.mp4"
-    clean_run = subprocess.Popen(
-        [*FACEFLEET, "run", str(src), "-o", str(clean), "--chunk-frames", "8", "--workers", "1", "-q", "--no-state"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )
+    clean_run = start_run(str(src), "-o", str(clean), "--chunk-frames", "8", "--workers", "1", "-q", "--no-state")
     try:
         killed_mid_way_then_resumed(src, out, clean, clean_run, tmp_path)
     finally:
@@ -86,8 +95,8 @@ def killed_mid_way_then_resumed(src: Path, out: Path, clean: Path, clean_run: su
     again = cli("run", "--resume", timeout=60)  # nothing left: says so, starts nothing
     assert again.returncode == 0 and "no unfinished run" in again.stderr
 
-    _, ran_stderr = clean_run.communicate(timeout=300)
-    assert clean_run.returncode == 0, ran_stderr
+    ran = finish(clean_run, timeout=300)
+    assert ran.returncode == 0, ran.stderr
     assert [p.name for p in runs_dir().iterdir()] == [state.name]  # --no-state kept nothing
     pts_a, frames_a = decode_all(out)
     pts_b, frames_b = decode_all(clean)
@@ -118,18 +127,12 @@ def test_state_dir_keeps_every_run_option(sample_factory, tmp_path):
         "--face-enhancer-model", "codeformer", "--face-enhancer-weight", "0.6", "--models-dir", "models",
         "--output-video-quality", "70", "--workers", "1", "--gpu-backend", "simulated",
     ]
-    def start(*args: str) -> subprocess.Popen:  # in tmp_path: --models-dir models is relative to it
-        return subprocess.Popen([*FACEFLEET, "run", str(src), *args, *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, cwd=tmp_path, start_new_session=True)
-
-    def finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
-        stdout, stderr = proc.communicate(timeout=120)
-        return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
-
-    # the run kept in a store and the same run without one (--no-state) are independent: at once
-    runs = [start("-o", "kept.mp4", "--state-dir", "state"), start("-o", "plain.mp4", "-q", "--no-state")]
+    # the run kept in a store and the same run without one (--no-state) are independent: at
+    # once, in tmp_path (--models-dir models is relative to it)
+    runs = [start_run(str(src), *args, *options, cwd=tmp_path)
+            for args in (["-o", "kept.mp4", "--state-dir", "state"], ["-o", "plain.mp4", "-q", "--no-state"])]
     try:
-        kept, plain = map(finish, runs)
+        kept, plain = (finish(proc, timeout=120) for proc in runs)
     finally:
         for proc in runs:
             kill_group(proc)  # whatever of them is left: their Ray
