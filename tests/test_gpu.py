@@ -110,3 +110,46 @@ def test_tensorrt_asked_without_tensorrt_runs_on_cuda():
     assert session.provider == CUDA and session.fell_back
     assert session.label == f"{CUDA} (TensorRT unavailable)"
     assert len(FaceDetector(session, 640).detect([np.zeros((360, 640, 3), np.uint8)])) == 1
+
+
+def test_nvdec_decodes_the_same_pictures_as_the_cpu(sample_factory):
+    """H.264 decoding is exact: NVDEC's frames, copied back and converted, equal the CPU's,
+    also for a range that starts past a keyframe."""
+    from facefleet.media.decode import decode_range, nvdec_available
+    from facefleet.media.probe import probe_video
+
+    assert nvdec_available()
+    src, _ = sample_factory(SampleSpec(width=1280, height=720, frames=90))
+    info = probe_video(str(src))
+    start, end = 37, 80
+    key = max(k for k in info.keyframes if k <= start)
+    assert key < start
+    span = (str(src), info.frame_pts[start], info.frame_pts[end - 1], info.frame_pts[key])
+    cpu = list(decode_range(*span, threads=2))
+    gpu = list(decode_range(*span, threads=2, gpu=True))
+    assert [p for p, _ in gpu] == [p for p, _ in cpu] == list(info.frame_pts[start:end])
+    for (_, a), (_, b) in zip(cpu, gpu):
+        assert np.array_equal(a, b)
+
+
+def test_a_run_decoding_on_the_gpu_writes_the_same_video(sample_factory, tmp_path):
+    from facefleet.cluster.pool import WorkerPool, plan_pool
+    from facefleet.cluster.runtime import ray_session
+    from facefleet.jobs.runner import run_jobs
+    from facefleet.jobs.spec import JobSpec
+    from facefleet.pipeline.spec import PipelineSpec
+
+    src, _ = sample_factory(SampleSpec(width=1280, height=720, frames=120))
+    outputs = {}
+    with ray_session() as cluster:
+        for gpu_decode in (False, True):
+            pool = WorkerPool(plan_pool(cluster, gpu_decode=gpu_decode), PipelineSpec())
+            try:
+                assert pool.plan.gpu_decode is gpu_decode
+                out = tmp_path / f"out_{gpu_decode}.mp4"
+                outcome = run_jobs([JobSpec(f"g{gpu_decode}", str(src), str(out), chunk_frames=40)], pool)[0]
+            finally:
+                pool.shutdown()
+            assert outcome.error is None and outcome.frames == 120
+            outputs[gpu_decode] = out.read_bytes()
+    assert outputs[True] == outputs[False]
