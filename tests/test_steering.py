@@ -55,7 +55,9 @@ def test_workers_report_their_own_simulated_gpu(pool):
 def test_busy_workers_show_as_simulated_gpu_utilization(cluster, pool):
     _, reporters = cluster
     monitor = GpuMonitor(reporters, window_s=3.0)
-    run_jobs([sim("busy", frames=600)], pool, monitor=monitor)
+    # 1200 frames x 5 ms on 2 workers: busy about 3 s, as long as the window (600 frames,
+    # 1.5 s, once read 0.098 against 0.1 on a loaded machine: half the window was idle)
+    run_jobs([sim("busy", frames=1200)], pool, monitor=monitor)
     time.sleep(1.5)  # simulated samples describe the window that ended a second ago
     aggregates = monitor.refresh(wait_s=5.0)
     busy = [a for a in aggregates.values() if a["util_mean"]]
