@@ -378,16 +378,13 @@ def measure_ceiling(video: Path, gpus: int) -> dict:
     sys.path.insert(0, str(ROOT))
     from facefleet.cluster.pool import plan_pool
     from facefleet.cluster.runtime import ClusterInfo
-    from facefleet.jobs.session import PoolOptions
 
-    # the workers, chunks and decoder a default run gets
-    plan = plan_pool(ClusterInfo(os.cpu_count() or 1, gpus, 1, True), gpu_decode=PoolOptions().gpu_decode)
+    plan = plan_pool(ClusterInfo(os.cpu_count() or 1, gpus, 1, True))  # the workers and chunks a default run gets
     workers, chunks = plan.workers, plan.chunks_per_worker
     cmd = [sys.executable, str(BENCH / "encode_ceiling.py"), str(video), "--processes", str(workers), "--chunks", str(chunks)]
-    cmd += ["--gpu-decode"] if plan.gpu_decode else []
     print(f"[ceiling] {shlex.join(cmd)}", flush=True)
     result = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
-    print(f"    {result['fps']} fps, CPU {result['cpu_percent']} %, decoder {result['decoder']}", flush=True)
+    print(f"    {result['fps']} fps, CPU {result['cpu_percent']} %", flush=True)
     return result | {"command": shlex.join(cmd)}
 
 

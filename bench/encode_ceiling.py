@@ -8,9 +8,7 @@ settings, decoder threads = cores / (P x K) as the worker pool gives them). Fram
 second over the whole video is the most an anonymize job can reach on this machine with
 those encoder settings: the GPU stages and the blur only add to it.
 
-With --gpu-decode the chunks decode on the GPU (NVDEC) as `facefleet run --gpu-decode` does.
-
-    python bench/encode_ceiling.py VIDEO [--processes 1] [--chunks 2] [--preset veryfast] [--gpu-decode]
+    python bench/encode_ceiling.py VIDEO [--processes 1] [--chunks 2] [--preset veryfast] [--json]
 """
 
 from __future__ import annotations
@@ -53,26 +51,15 @@ def _ready(threads: int) -> int:
     return os.getpid()
 
 
-def _worker(tasks, chunks: int, threads: int, gpu_decode: bool) -> tuple[int, float]:
+def _worker(tasks, chunks: int, threads: int) -> tuple[int, float]:
     processor = PassThrough()
     cpu0 = time.process_time()
     with ThreadPoolExecutor(chunks) as pool:
-        run = lambda t: run_chunk(t, processor, threads=threads, gpu_decode=gpu_decode)  # noqa: E731
-        frames = sum(r.frames for r in pool.map(run, tasks))
+        frames = sum(r.frames for r in pool.map(lambda t: run_chunk(t, processor, threads=threads), tasks))
     return frames, time.process_time() - cpu0
 
 
-def _nvdec(gpu_decode: bool) -> bool:
-    """Whether a chunk here really decodes on the GPU (asked in a process of its own)."""
-    from facefleet.media.decode import nvdec_available
-
-    return gpu_decode and nvdec_available()
-
-
-def ceiling(
-    video: str, processes: int, chunks: int, preset: str, chunk_frames: int | None, workdir: Path,
-    gpu_decode: bool = False,
-) -> dict:
+def ceiling(video: str, processes: int, chunks: int, preset: str, chunk_frames: int | None, workdir: Path) -> dict:
     settings = EncodeSettings(preset=preset)
     spec = JobSpec("ceiling", video, str(workdir / "ceiling.mp4"), encode=settings, chunk_frames=chunk_frames or 0)
     job = plan_job(spec, slots=processes * chunks, workdir=workdir / "chunks")
@@ -82,9 +69,8 @@ def ceiling(
     shares = [tasks[p::processes] for p in range(processes)]
     with mp.get_context("spawn").Pool(processes) as pool:
         pids = set(pool.map(_ready, [threads] * processes, chunksize=1))
-        nvdec = pool.apply(_nvdec, (gpu_decode,))
         t0 = time.perf_counter()
-        done = pool.starmap(_worker, [(share, chunks, threads, gpu_decode) for share in shares], chunksize=1)
+        done = pool.starmap(_worker, [(share, chunks, threads) for share in shares], chunksize=1)
         wall = time.perf_counter() - t0
     frames = sum(f for f, _ in done)
     cpu = sum(c for _, c in done)
@@ -92,7 +78,6 @@ def ceiling(
         "processes": processes,
         "chunks_per_process": chunks,
         "decoder_threads": threads,
-        "decoder": "nvdec" if nvdec else "cpu",
         "encoder": {"preset": preset, "crf": settings.crf, "threads": settings.encoder_threads},
         "chunk_frames": tasks[0].frames if tasks else 0,
         "chunks": len(tasks),
@@ -112,11 +97,8 @@ def main() -> None:
     p.add_argument("--preset", default=EncodeSettings.preset)
     p.add_argument("--chunk-frames", type=int, default=None)
     p.add_argument("--workdir", default="/tmp/facefleet-ceiling")
-    p.add_argument("--gpu-decode", action="store_true", help="decode on the GPU (NVDEC) where the processes can")
     args = p.parse_args()
-    result = ceiling(
-        args.video, args.processes, args.chunks, args.preset, args.chunk_frames, Path(args.workdir), args.gpu_decode
-    )
+    result = ceiling(args.video, args.processes, args.chunks, args.preset, args.chunk_frames, Path(args.workdir))
     print(json.dumps(result))
 
 

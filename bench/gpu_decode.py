@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
 """Video decoding on the CPU (PyAV's decoder threads) against the GPU (NVDEC, FFmpeg's cuda
 hwaccel through PyAV), laid out as a default anonymize run decodes: K chunks at once, each
-decoding its own frame range with cores / K decoder threads (facefleet's own
-`decode_range`, frames converted to BGR as the stages get them).
+decoding its own frame range with cores / K decoder threads the way facefleet's
+`decode_range` does (seek to the keyframe, decode forward, keep the range's frames,
+converted to BGR as the stages get them); NVDEC on the process's CUDA primary context.
+
+facefleet decodes on the CPU: this measured NVDEC as a lever (README "Performance"), and it
+did not help. It ran as `facefleet run --gpu-decode` at commit 7e726c9, since removed.
 
 For each way: frames per second, the process's CPU seconds per frame (what decoding takes
 from the x264 encoders in a real run), and the wait for a chunk's first frame. Then one
@@ -31,9 +35,34 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from facefleet.media.decode import decode_range, nvdec_available  # noqa: E402
+import av  # noqa: E402
+from av.codec.hwaccel import HWAccel  # noqa: E402
+
 from facefleet.media.plan import keyframe_at_or_before  # noqa: E402
 from facefleet.media.probe import probe_video  # noqa: E402
+
+
+def nvdec_available() -> bool:
+    try:
+        HWAccel("cuda", options={"primary_ctx": "1"}).create(av.codec.Codec("h264", "r"))
+    except (av.error.FFmpegError, NotImplementedError, ValueError, OSError):
+        return False
+    return True
+
+
+def decode_range(uri: str, first: int, last: int, seek: int, threads: int, gpu: bool = False):
+    """(pts, BGR image) of the frames with first <= pts <= last, decoded from the keyframe at `seek`."""
+    hwaccel = HWAccel("cuda", allow_software_fallback=True, options={"primary_ctx": "1"}) if gpu else None
+    with av.open(uri, hwaccel=hwaccel) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = threads
+        container.seek(seek, stream=stream, backward=True)
+        for frame in container.decode(stream):
+            if frame.pts > last:
+                return
+            if frame.pts >= first:
+                yield frame.pts, frame.to_ndarray(format="bgr24")
 
 
 def ranges(info, chunks: int) -> list[tuple[int, int, int]]:
@@ -79,6 +108,7 @@ def compare(uri: str, info, start: int, count: int) -> dict:
     first, last = info.frame_pts[start], info.frame_pts[min(info.frames, start + count) - 1]
     cpu = list(decode_range(uri, first, last, seek, threads=2))
     gpu = list(decode_range(uri, first, last, seek, threads=2, gpu=True))
+    assert len(cpu) == count, "the comparison range was not decoded whole"
     diffs = [np.abs(a[1].astype(np.int16) - b[1].astype(np.int16)) for a, b in zip(cpu, gpu)]
     return {
         "first_frame": start,
@@ -118,8 +148,6 @@ def main() -> None:
             result = decode_all(video, spans, threads, gpu=way == "nvdec")
             runs[way].append(result)
             print(f"[{way} {r + 1}] {json.dumps(result)}", flush=True)
-    import av
-
     summary = {
         "what": "decode_range over K frame ranges at once, CPU (PyAV threads) vs NVDEC (cuda hwaccel)",
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -20,10 +20,6 @@ app = typer.Typer(
 err = Console(stderr=True)
 
 WORKERS_HELP = "Workers (default: every GPU slot, see --gpu-share; else one per node)."
-GPU_DECODE_HELP = (
-    "GPU workers decode the input video with the GPU's video decoder (NVDEC) instead of the CPU, leaving "
-    "the CPU to the encoder; a stream NVDEC cannot decode is decoded on the CPU."
-)
 CHUNKS_HELP = (
     "Chunks each worker processes at once (default: one per 2 of its cores on GPU workers, one per core "
     "with enhance, 2 to 8; 2 on CPU workers)."
@@ -81,7 +77,6 @@ def run(
     workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
     chunks_per_worker: Optional[int] = typer.Option(None, "--chunks-per-worker", help=CHUNKS_HELP, show_default=False),
     gpu_share: Optional[float] = typer.Option(None, "--gpu-share", help=GPU_SHARE_HELP, show_default=False),
-    gpu_decode: bool = typer.Option(False, "--gpu-decode/--cpu-decode", help=GPU_DECODE_HELP),
     address: Optional[str] = typer.Option(None, "--address", help="Join this Ray cluster instead of starting one."),
     sample_interval: float = typer.Option(0.5, "--sample-interval", help="NVML reporter sampling interval, seconds."),
     gpu_backend: str = typer.Option("auto", "--gpu-backend", help="GPU metrics: auto | real (NVML) | simulated."),
@@ -137,7 +132,7 @@ def run(
         raise FacefleetError("--workers must be at least 1")
     pool = _pool_options(  # the same for a new run and a resumed one
         workers, chunks_per_worker, gpu_share, gpu_backend, sample_interval, stall_timeout,
-        monitor=gpu_monitoring, gpu_decode=gpu_decode, autoscale=autoscale, target_backlog_s=target_backlog, idle_timeout_s=idle_timeout,
+        monitor=gpu_monitoring, autoscale=autoscale, target_backlog_s=target_backlog, idle_timeout_s=idle_timeout,
     )
     if resume:
         if inputs:
@@ -418,7 +413,6 @@ def serve(
     workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
     chunks_per_worker: Optional[int] = typer.Option(None, "--chunks-per-worker", help=CHUNKS_HELP, show_default=False),
     gpu_share: Optional[float] = typer.Option(None, "--gpu-share", help=GPU_SHARE_HELP, show_default=False),
-    gpu_decode: bool = typer.Option(False, "--gpu-decode/--cpu-decode", help=GPU_DECODE_HELP),
     gpu_backend: str = typer.Option("auto", "--gpu-backend", help="GPU metrics: auto | real | simulated."),
     sample_interval: float = typer.Option(0.5, "--sample-interval", help="NVML sampling interval, seconds."),
     price: Optional[float] = typer.Option(None, "--price-per-gpu-hour", help="For the cost estimate in job reports."),
@@ -430,9 +424,7 @@ def serve(
     """The long-running controller: takes submitted jobs and runs them on the cluster."""
     from facefleet.jobs.session import serve_jobs
 
-    options = _pool_options(
-        workers, chunks_per_worker, gpu_share, gpu_backend, sample_interval, stall_timeout, gpu_decode=gpu_decode
-    )
+    options = _pool_options(workers, chunks_per_worker, gpu_share, gpu_backend, sample_interval, stall_timeout)
     try:
         serve_jobs(_state(state_dir), address, options, err, metrics_port, metrics_host, until_idle, price)
     except KeyboardInterrupt:

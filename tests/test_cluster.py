@@ -89,12 +89,6 @@ def test_plan_pool_shares_gpus_and_cores():
         plan_pool(node, workers=2, gpu_share=1.0)
 
 
-def test_gpu_decode_is_planned_for_gpu_workers_only():
-    assert not plan_pool(ClusterInfo(cpus=16, gpus=1, nodes=1, embedded=True)).gpu_decode  # off unless asked
-    assert plan_pool(ClusterInfo(cpus=16, gpus=1, nodes=1, embedded=True), gpu_decode=True).gpu_decode
-    assert not plan_pool(ClusterInfo(cpus=16, gpus=0, nodes=1, embedded=True), gpu_decode=True).gpu_decode
-
-
 def test_a_gpu_heavy_pipeline_gets_two_workers_per_gpu_and_a_chunk_per_core():
     """enhance: 2 workers x 8 chunks kept an H100 97.5 % busy where 1 x 4 kept it 78 %."""
     node = ClusterInfo(cpus=16, gpus=1, nodes=1, embedded=True)

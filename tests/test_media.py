@@ -42,17 +42,6 @@ def test_decode_range_is_exact_from_any_frame(sample_factory, start):
         assert np.array_equal(image, expected)
 
 
-def test_decode_range_asked_for_the_gpu_gives_the_same_frames(sample_factory):
-    """On the GPU (NVDEC) where the process can, else on the CPU: the same pictures either way."""
-    path, _ = sample_factory(SampleSpec(**SMALL))
-    info = probe_video(str(path))
-    all_pts, all_frames = decode_all(path)
-    got = list(decode_range(str(path), info.frame_pts[13], info.frame_pts[30], info.frame_pts[12], gpu=True))
-    assert [p for p, _ in got] == all_pts[13:31]
-    for (_, image), expected in zip(got, all_frames[13:31]):
-        assert np.array_equal(image, expected)
-
-
 def test_decode_range_recovers_when_seek_target_is_late(sample_factory):
     """A wrong (too late) keyframe hint still yields the exact range."""
     path, _ = sample_factory(SampleSpec(**SMALL))

@@ -130,7 +130,6 @@ def run_chunk(
     slowdown: float = 1.0,
     should_stop: Callable[[], bool] = lambda: False,
     busy: Callable[[float, float], None] = lambda start, end: None,
-    gpu_decode: bool = False,
 ) -> ChunkResult:
     """Process one chunk and write its segment; `progress(n)` is told the frames done so far.
 
@@ -143,7 +142,6 @@ def run_chunk(
     ChunkStopped and its temporary files are removed. `busy(start, end)` is told, in
     wall-clock seconds, when the stages (the GPU work) ran. The result's `stage_times` say
     when each stage first and last worked on the chunk (of the run that succeeded).
-    `gpu_decode`: decode the video on the GPU (NVDEC) where the worker's process can.
     """
     started = time.perf_counter()
     started_at = time.time()
@@ -161,9 +159,7 @@ def run_chunk(
                 faces, seconds = _run_image(task, processor, spans)
                 frames = 1
             else:
-                frames, faces, seconds = _run_video(
-                    task, processor, progress, threads, should_stop, busy, spans, gpu_decode=gpu_decode
-                )
+                frames, faces, seconds = _run_video(task, processor, progress, threads, should_stop, busy, spans)
             break
         except Exception as exc:
             if not is_out_of_memory(exc) or processor.batch_size <= 1:
@@ -304,7 +300,6 @@ def _run_video(
     should_stop: Callable[[], bool] = lambda: False,
     busy: Callable[[float, float], None] = lambda start, end: None,
     spans: StageTimes | None = None,
-    gpu_decode: bool = False,
 ) -> tuple[int, int, dict[str, float]]:
     """Decode thread -> stages (this thread) -> encode thread (when the pipeline writes video).
 
@@ -320,9 +315,7 @@ def _run_video(
 
     def decode() -> None:
         first = time.time()
-        frames = decode_range(
-            task.input_uri, task.decode_first_pts, task.decode_last_pts, task.seek_pts, threads=threads, gpu=gpu_decode
-        )
+        frames = decode_range(task.input_uri, task.decode_first_pts, task.decode_last_pts, task.seek_pts, threads=threads)
         first_index = task.start - task.context_before
         t = time.perf_counter()
         for i, (pts, image) in enumerate(frames):

@@ -29,7 +29,6 @@ class PoolPlan:
     media_threads: int = 0  # decoder threads per chunk: the node's cores shared out (encoders run a fixed count)
     slowdowns: tuple[float, ...] = ()  # simulation knob: per-worker factor on simulated chunks
     elastic: bool = False  # follow the cluster: workers for GPUs that join later
-    gpu_decode: bool = False  # GPU workers decode video with NVDEC where their process can
 
     @property
     def onnx_threads(self) -> int:
@@ -81,13 +80,11 @@ def plan_pool(
     chunks_per_worker: int | None = None,
     gpu_share: float | None = None,
     gpu_heavy: bool = False,
-    gpu_decode: bool = False,
 ) -> PoolPlan:
     """1/gpu_share workers per GPU (None: DEFAULT_GPU_SHARE, or 1 where the cluster has fewer
     than two CPUs per GPU; num_gpus=gpu_share each); with no GPU, `workers` CPU workers
     (default one per node) sharing the CPUs. `chunks_per_worker` None: see
-    `auto_chunks_per_worker`; `gpu_heavy` pipelines get more. `gpu_decode`: GPU workers
-    decode with NVDEC (CPU workers always decode on the CPU).
+    `auto_chunks_per_worker`; `gpu_heavy` pipelines get more.
     """
     if chunks_per_worker is not None and chunks_per_worker < 1:
         raise ClusterError("--chunks-per-worker must be at least 1")
@@ -115,8 +112,7 @@ def plan_pool(
     if chunks_per_worker is None:
         chunks_per_worker = auto_chunks_per_worker(cluster, count, on_gpus=cluster.gpus > 0, gpu_heavy=gpu_heavy)
     return PoolPlan(
-        count, gpus_per_worker, cpus, chunks_per_worker, media_threads(cluster, count, chunks_per_worker), elastic=elastic,
-        gpu_decode=gpu_decode and cluster.gpus > 0,
+        count, gpus_per_worker, cpus, chunks_per_worker, media_threads(cluster, count, chunks_per_worker), elastic=elastic
     )
 
 
@@ -197,8 +193,7 @@ class WorkerPool:
         slowdown = self.plan.slowdowns[worker] if worker < len(self.plan.slowdowns) else 1.0
         share = self.plan.gpus_per_worker if self.plan.gpus_per_worker else 1.0
         return self.remote.remote(
-            worker, self.pipeline, self.plan.onnx_threads, self.plan.media_threads, slowdown, share,
-            gpu_decode=self.plan.gpu_decode,
+            worker, self.pipeline, self.plan.onnx_threads, self.plan.media_threads, slowdown, share
         )
 
     def submit(self, worker: int, task: ChunkTask) -> ray.ObjectRef:

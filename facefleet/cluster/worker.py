@@ -73,7 +73,6 @@ class GpuWorker:
         media_threads: int = 0,
         slowdown: float = 1.0,
         gpu_share: float = 1.0,
-        gpu_decode: bool = False,
     ):
         born = process_started()
         self.start_seconds = {"process": round(time.time() - born, 3)} if born else {}
@@ -82,7 +81,6 @@ class GpuWorker:
         self.slowdown = slowdown  # simulated chunks only: this worker's speed relative to others
         self.threads = threads  # onnxruntime threads (CPU provider)
         self.media_threads = media_threads  # decoder threads per chunk (x264 runs a fixed count: deterministic segments)
-        self.gpu_decode = gpu_decode  # decode with NVDEC where this process can (else on the CPU)
         if media_threads:
             cv2.setNumThreads(media_threads)
         self._processors: dict[PipelineSpec, Processor] = {}
@@ -163,7 +161,6 @@ class GpuWorker:
                 slowdown=self.slowdown,
                 should_stop=lambda: task.key in self._stop,
                 busy=self._record_busy,
-                gpu_decode=self.gpu_decode,
             )
         finally:
             self._current.pop(task.key, None)

@@ -26,7 +26,6 @@ class PoolOptions:
     autoscale: bool | None = None  # None: when joining a cluster (--address)
     target_backlog_s: float = 120.0
     idle_timeout_s: float | None = None  # retire idle workers (None: 60 s when autoscaling, else never)
-    gpu_decode: bool = False  # GPU workers decode video with NVDEC (--gpu-decode)
     stall_timeout_s: float | None = None  # give up a chunk without progress this long (None: 300 s or FACEFLEET_STALL_TIMEOUT_S; 0: never)
 
     def stall_option(self) -> dict:
@@ -114,10 +113,7 @@ def run_specs(
         return planned
     with ray_session(address) as cluster:
         heavy = any(spec.pipeline.gpu_heavy for spec in specs)
-        plan = plan_pool(
-            cluster, options.workers, options.chunks_per_worker, options.gpu_share, gpu_heavy=heavy,
-            gpu_decode=options.gpu_decode,
-        )
+        plan = plan_pool(cluster, options.workers, options.chunks_per_worker, options.gpu_share, gpu_heavy=heavy)
         console.print(cluster_line(cluster, plan, address), highlight=False)
         reporters = start_monitoring(options, console)
         autoscaler, idle = scaling(options, address)
@@ -175,10 +171,7 @@ def serve_jobs(
             console.print(f"metrics: http://{metrics_host}:{port}/metrics", highlight=False)
         with ray_session(address) as cluster:
             heavy = pipeline is not None and pipeline.gpu_heavy
-            plan = plan_pool(
-                cluster, options.workers, options.chunks_per_worker, options.gpu_share, gpu_heavy=heavy,
-                gpu_decode=options.gpu_decode,
-            )
+            plan = plan_pool(cluster, options.workers, options.chunks_per_worker, options.gpu_share, gpu_heavy=heavy)
             console.print(cluster_line(cluster, plan, address), highlight=False)
             reporters = start_monitoring(options, console)
             autoscaler, idle = scaling(options, address) if run else (None, None)

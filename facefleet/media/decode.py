@@ -6,7 +6,6 @@ kept by presentation time, so a range may start on any frame, keyframe or not.
 
 from __future__ import annotations
 
-import functools
 import itertools
 from collections.abc import Iterator
 
@@ -15,26 +14,6 @@ import numpy as np
 
 from facefleet.errors import InputError
 from facefleet.media.probe import open_input
-
-
-@functools.cache
-def nvdec_available() -> bool:
-    """Whether this process can decode H.264 on an NVIDIA GPU (NVDEC through FFmpeg's cuda
-    hwaccel): a CUDA driver, a visible GPU and an FFmpeg built with it. Asked once."""
-    try:
-        av.codec.hwaccel.HWAccel("cuda", options={"primary_ctx": "1"}).create(av.codec.Codec("h264", "r"))
-    except (av.error.FFmpegError, NotImplementedError, ValueError, OSError):
-        return False
-    return True
-
-
-def _hwaccel(gpu: bool) -> av.codec.hwaccel.HWAccel | None:
-    """NVDEC on this process's first visible GPU (the CUDA context the models use, not one
-    more of its own), falling back to the CPU for streams it cannot decode (10-bit H.264,
-    4:4:4, other codecs without NVDEC support)."""
-    if not (gpu and nvdec_available()):
-        return None
-    return av.codec.hwaccel.HWAccel("cuda", allow_software_fallback=True, options={"primary_ctx": "1"})
 
 
 def _frames_from(uri: str, container, stream, seek_pts: int) -> Iterator[av.VideoFrame]:
@@ -66,18 +45,15 @@ def decode_range(
     seek_pts: int,
     pixel_format: str = "bgr24",
     threads: int = 0,
-    gpu: bool = False,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (pts, image) for every frame whose pts lies in [first_pts, last_pts].
 
     `seek_pts` is the pts of a keyframe at or before `first_pts`. If the demuxer's seek
     lands after the range start anyway, or yields no frame, decoding starts over from the
     beginning.
-    `threads` caps the decoder's threads (0: FFmpeg picks, one per core). `gpu`: decode
-    on the GPU (NVDEC) where this process can; frames are copied back to the host, and
-    H.264 decoding is exact, so they are the same pictures.
+    `threads` caps the decoder's threads (0: FFmpeg picks, one per core).
     """
-    with open_input(uri, _hwaccel(gpu)) as container:
+    with open_input(uri) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         stream.codec_context.thread_count = threads

@@ -57,15 +57,15 @@ REMOTE_BUFFER_BYTES = 1 << 20  # FFmpeg's reads from an object store: one ranged
 
 
 @contextmanager
-def open_input(uri: str, hwaccel: av.codec.hwaccel.HWAccel | None = None) -> Iterator[av.container.InputContainer]:
+def open_input(uri: str) -> Iterator[av.container.InputContainer]:
     """Open a media input (a local path or an object storage URI), turning every failure
-    into an InputError that names it. `hwaccel`: decode its video on that device."""
+    into an InputError that names it."""
     with storage.open_input(uri) as source:
         if isinstance(source, str):
             _check_local(uri, Path(source))
         elif source.size() == 0:
             raise InputError(uri, "file is empty (0 bytes)")
-        with _open_container(uri, source, hwaccel) as container:
+        with _open_container(uri, source) as container:
             yield container
 
 
@@ -86,12 +86,11 @@ def _open_options() -> dict:
     return {"metadata_errors": "replace"} if major < 19 else {}
 
 
-def _open_container(uri: str, source, hwaccel: av.codec.hwaccel.HWAccel | None = None) -> av.container.InputContainer:
-    options = {**_open_options(), **({"hwaccel": hwaccel} if hwaccel else {})}
+def _open_container(uri: str, source) -> av.container.InputContainer:
     try:
         if isinstance(source, str):
-            return av.open(source, mode="r", **options)
-        return av.open(source, mode="r", buffer_size=REMOTE_BUFFER_BYTES, **options)
+            return av.open(source, mode="r", **_open_options())
+        return av.open(source, mode="r", buffer_size=REMOTE_BUFFER_BYTES, **_open_options())
     except av.error.FFmpegError as exc:
         truncated = cut_short(uri)
         if truncated:
