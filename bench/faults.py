@@ -516,6 +516,8 @@ def fault_run(
     jobs_out = []
     attempts_by_worker: dict[int, Counter[str]] = {}  # worker -> its chunk attempts' states
     workers_after: set[int] = set()  # workers that finished a chunk started a second or more after the last fault
+    gpus_by_worker: dict[int, set[str]] = {}  # the GPUs (so the nodes: a simulated GPU's UUID names its node) of its attempts
+    gpus_after: set[str] = set()  # GPUs where such a chunk finished
     with JobStore(state, readonly=True) as store:
         integrity = store.integrity_check()
         for job in store.jobs():
@@ -536,8 +538,12 @@ def fault_run(
             attempts = store.attempts(job.job_id)
             for a in attempts:
                 attempts_by_worker.setdefault(a.worker, Counter())[a.state] += 1
+                if a.gpu_uuid:
+                    gpus_by_worker.setdefault(a.worker, set()).add(a.gpu_uuid)
             if last_fault_at is not None:
-                workers_after |= {a.worker for a in attempts if a.state == "done" and a.started and a.started > last_fault_at + 1}
+                after = [a for a in attempts if a.state == "done" and a.started and a.started > last_fault_at + 1]
+                workers_after |= {a.worker for a in after}
+                gpus_after |= {a.gpu_uuid for a in after if a.gpu_uuid}
             jobs_out.append({
                 "job_id": job.job_id, "kind": kind, "input": Path(row.input_uri).name if "://" not in row.input_uri else row.input_uri,
                 "state": job.state, "outcome": outcome, "identical": identical, "error": job.error,
@@ -560,6 +566,8 @@ def fault_run(
         "injected": dict(injected), "controller_lives": len(lives), "controller_exits": exits, "lives": lives_out, "jobs": jobs_out,
         "workers_out": workers_out, "attempts_by_worker": {w: dict(c) for w, c in sorted(attempts_by_worker.items())},
         "workers_done_after_last_fault": sorted(workers_after),
+        "gpus_by_worker": {w: sorted(g) for w, g in sorted(gpus_by_worker.items())},
+        "gpus_done_after_last_fault": sorted(gpus_after),
         "done": outcomes["done"], "failed": outcomes["failed with reason"], "lost": outcomes["lost"] + hung,
         "hung": hung, "hang_dumps": dumps, "ray_temp": str(cluster.temp) if cluster else None, "integrity": integrity, "leftovers": leftovers(out, state),
         "seconds": round(time.monotonic() - t_start, 1),
