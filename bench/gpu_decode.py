@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 import av  # noqa: E402
 from av.codec.hwaccel import HWAccel  # noqa: E402
 
-from facefleet.media.plan import keyframe_at_or_before  # noqa: E402
+from facefleet.media.plan import keyframe_at_or_before, plan_ranges  # noqa: E402
 from facefleet.media.probe import probe_video  # noqa: E402
 
 
@@ -66,15 +66,12 @@ def decode_range(uri: str, first: int, last: int, seek: int, threads: int, gpu: 
 
 
 def ranges(info, chunks: int) -> list[tuple[int, int, int]]:
-    """(first pts, last pts, seek pts) of `chunks` equal frame ranges."""
-    n = info.frames
-    bounds = [round(i * n / chunks) for i in range(chunks + 1)]
-    out = []
-    for a, b in zip(bounds, bounds[1:]):
-        if b > a:
-            seek = info.frame_pts[keyframe_at_or_before(info.keyframes, a)]
-            out.append((info.frame_pts[a], info.frame_pts[b - 1], seek))
-    return out
+    """(first pts, last pts, seek pts) of `chunks` about equal frame ranges (facefleet's
+    planner, boundaries left where they fall)."""
+    pts, keys = info.frame_pts, info.keyframes
+    size = -(-info.frames // chunks)
+    return [(pts[r.start], pts[r.end - 1], pts[keyframe_at_or_before(keys, r.start)])
+            for r in plan_ranges(info.frames, keys, size, snap=0)]
 
 
 def decode_all(uri: str, spans: list[tuple[int, int, int]], threads: int, gpu: bool) -> dict:
